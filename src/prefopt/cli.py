@@ -1,0 +1,90 @@
+"""The `prefopt` command line. Each command is a thin shell around one stage's function.
+
+Heavy imports (torch, transformers) happen inside the commands, so `prefopt --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prefopt.config import Config, ConfigError, derive, describe, dump_config, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Preference optimisation of causal LMs: SFT -> reward model -> PPO -> evaluation.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect and check configs.")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (omit for all defaults).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. ppo.kl_coef=0.1")]
+
+
+def fail(message: str) -> None:
+    """Print one clear error and exit 2 (no traceback)."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def world_size() -> int:
+    """Processes launched by `accelerate launch`/torchrun (1 otherwise)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve(config: Path | None, overrides: list[str] | None) -> Config:
+    """Load, validate and size-check a config before any work; exit with one message on error."""
+    try:
+        cfg = load_config(config, overrides or [])
+        derive(cfg, world_size())
+    except ConfigError as err:
+        fail(str(err))
+    return cfg
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigArg = None,
+    overrides: Overrides = None,
+    docs: Annotated[
+        bool, typer.Option("--docs/--yaml", help="A table of every field with its documentation.")
+    ] = False,
+) -> None:
+    """Print the resolved config as YAML, or (--docs) every field with its type, default and documentation."""
+    if docs:
+        table = Table("key", "type", "default", "meaning", show_lines=False)
+        for key, type_name, default, doc in describe():
+            table.add_row(key, type_name, default, doc)
+        console.print(table)
+        return
+    cfg = resolve(config, overrides)
+    sys.stdout.write(dump_config(cfg))
+
+
+@config_app.command("check")
+def config_check(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """Validate a config and print its derived sizes (gradient accumulation, PPO updates...)."""
+    cfg = resolve(config, overrides)
+    d = derive(cfg, world_size())
+    console.print(f"[green]ok[/] {config or '(defaults)'} — {world_size()} process(es)")
+    for key, value in vars(d).items():
+        console.print(f"  {key} = {value}")
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
