@@ -31,6 +31,15 @@ STORIES = DATA / "stories260K"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on 2 shared cores: a second intra-op thread costs far more than it saves (~10x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_qwen3() -> nn.Module:
     torch.manual_seed(0)
     cfg = Qwen3Config(
@@ -156,6 +165,30 @@ def test_merge_then_unmerge_restores_base_weights():
     unmerge_all(model)
     for name, w in base_weights(model).items():
         torch.testing.assert_close(w, before[name], rtol=0, atol=1e-6)
+
+
+def test_float32_adapters_beside_a_bf16_base():
+    lora = LoRALinear(nn.Linear(8, 4).to(torch.bfloat16), r=2).float()
+    lora.base_layer.to(torch.bfloat16)
+    adapter = BottleneckAdapter(nn.Linear(8, 4).to(torch.bfloat16), dim=4, bottleneck=2).float()
+    adapter.base_layer.to(torch.bfloat16)
+    randomize([lora.lora_B, adapter.adapter_up.weight])
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    for module in (lora, adapter):
+        out = module(x)
+        assert out.dtype == torch.bfloat16
+        assert (out.float() - module.base_layer(x).float()).abs().max() > 1e-3
+
+
+def test_deepcopy_gives_an_independent_prefix():
+    model = inject(tiny_qwen3(), "prefix", num_virtual_tokens=2)
+    twin = copy.deepcopy(model)
+    ids = token_batch(model)
+    with torch.no_grad():
+        twin.prefix_encoder.prefix.add_(1.0)  # the copy's attention layers must read the copy's prefix
+        assert not torch.equal(twin(ids).logits, model(ids).logits)
+        twin.prefix_encoder.prefix.sub_(1.0)
+        torch.testing.assert_close(twin(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method, targets", [("lora", ALL_LINEAR), ("adapter", ["o_proj", "mlp"])])

@@ -45,7 +45,8 @@ class BottleneckAdapter(nn.Module):
 
     def adapt(self, h: torch.Tensor) -> torch.Tensor:
         """h: (..., d) -> (..., d): the residual bottleneck."""
-        return h + self.adapter_up(self.adapter_act(self.adapter_down(h)))
+        update = self.adapter_up(self.adapter_act(self.adapter_down(h.to(self.adapter_down.weight.dtype))))
+        return h + update.to(h.dtype)  # the casts allow float32 adapter weights beside a bf16 base
 
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)

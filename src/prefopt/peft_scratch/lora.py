@@ -56,7 +56,11 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)
         if self.enabled and not self.merged:
             # Same order as the paper's B(A(x)): never build the (out x in) matrix in the forward pass.
-            y = y + (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+            # The casts let A, B be kept in float32 beside a bf16 base (a common, stabler setup).
+            update = (
+                self.lora_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T
+            ) * self.scaling
+            y = y + update.to(y.dtype)
         return y
 
     def delta_weight(self) -> torch.Tensor:
@@ -78,4 +82,5 @@ class LoRALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}"
+        a, b = tuple(self.lora_A.shape), tuple(self.lora_B.shape)
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, lora_A={a}, lora_B={b}"
