@@ -82,6 +82,39 @@ def config_check(config: ConfigArg = None, overrides: Overrides = None) -> None:
         console.print(f"  {key} = {value}")
 
 
+def _stage(name: str, config: Path | None, overrides: list[str] | None) -> None:
+    """Run one stage with clear errors for the user's mistakes (config, data, locks)."""
+    cfg = resolve(config, overrides)
+    from prefopt.data.load import DataError
+    from prefopt.models.load import ModelLoadError
+    from prefopt.runs import RunLockedError
+
+    try:
+        run_stage(cfg, name)
+    except (DataError, ModelLoadError, RunLockedError, ConfigError, FileNotFoundError) as err:
+        fail(str(err))
+
+
+def run_stage(cfg: Config, name: str) -> Path:
+    """Import and run one stage's `train`/`run` function."""
+    import importlib
+
+    module = {"sft": "prefopt.sft.train", "reward": "prefopt.reward.train", "ppo": "prefopt.ppo.train"}[name]
+    return importlib.import_module(module).train(cfg)
+
+
+@app.command()
+def sft(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """Supervised fine-tuning on (post, summary) pairs -> <run>/sft/model."""
+    _stage("sft", config, overrides)
+
+
+@app.command()
+def ppo(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """PPO against the reward model under a KL penalty to the SFT policy -> <run>/ppo/model."""
+    _stage("ppo", config, overrides)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

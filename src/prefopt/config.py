@@ -75,8 +75,9 @@ class PeftConfig(_Section):
     """LoRA scaling numerator: the update is (alpha / r) * B @ A."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA path (kept 0 in RM and PPO: dropout off is an RLHF detail)."""
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    """Module-name suffixes that get LoRA / adapters."""
+    target_modules: list[str] | None = None
+    """Module-name suffixes that get the method; None = its default (LoRA: q,k,v,o_proj; adapter: o_proj,
+    down_proj; prefix: every self_attn)."""
     adapter_size: int = Field(16, gt=0)
     """Bottleneck width of the adapter method."""
     prefix_tokens: int = Field(8, gt=0)
@@ -128,6 +129,16 @@ class RewardConfig(_Optim):
     """Stop after this wall-clock budget."""
     head_only_lr_scale: float = Field(1.0, gt=0)
     """Learning-rate multiplier of the scalar head."""
+    n_normalise: int = Field(512, gt=0)
+    """Reference summaries of the SFT training data whose mean reward is set to 0 after training (the bias)."""
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    """When `data.comparisons_source` is one file (no splits), the share of its posts held out for
+    evaluation; split by post, so no post is both trained and evaluated on."""
+    fill_missing: dict[str, str] = {}
+    """Placeholders for null post fields of comparisons, e.g. {subreddit: "", title: ""} for OpenAI's raw
+    727-row file; empty = such rows are bad rows."""
+    calibration_bins: int = Field(10, gt=1)
+    """Equal-width bins of predicted P(chosen) in the calibration table and reliability plot."""
 
 
 class PPOConfig(_Section):

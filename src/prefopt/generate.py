@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -33,15 +34,16 @@ def sample(
         batch = collate_left(prompts[start : start + batch_size], pad_id)
         ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
-        out += _sample_batch(model, ids, mask, max_new_tokens, temperature, generator).tolist()
+        out += sample_batch(model, ids, mask, max_new_tokens, temperature, generator).tolist()
     return out
 
 
-def _sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, generator) -> torch.Tensor:
+def sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, generator) -> torch.Tensor:
     """[B, P] left-padded -> [B, max_new_tokens] sampled tokens."""
+    cache_kw = _cache_kwarg(model)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, logits = _cache_of(out), out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     tokens = []
     for step in range(max_new_tokens):
@@ -50,12 +52,21 @@ def _sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, gen
         if step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
-        out = model(
-            input_ids=tok, attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        step_kw = {cache_kw: cache}
+        out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, use_cache=True, **step_kw)
+        cache, logits = _cache_of(out), out.logits[:, -1, :]
         next_pos = next_pos + 1
     return torch.cat(tokens, dim=1)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.x names the KV cache `cache`; 4.x `past_key_values`."""
+    lm = model.base_model.model if hasattr(model, "peft_config") else model
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
 def _pick(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:

@@ -28,12 +28,35 @@ def apply_peft(model, cfg: PeftConfig, *, adapter_name: str = "default"):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
-            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets_for(cfg)
         )
         return get_peft_model(model, lora, adapter_name=adapter_name)
     from prefopt.peft_scratch import inject
 
-    return inject(model, _scratch_method(cfg.method), list(cfg.target_modules), **scratch_hyper(cfg))
+    return inject(model, _scratch_method(cfg.method), targets_for(cfg), **scratch_hyper(cfg))
+
+
+def targets_for(cfg: PeftConfig) -> list[str]:
+    """The configured target modules, or the method's default (LoRA: attention projections;
+    adapter: attention output and MLP down-projection; prefix: every attention block)."""
+    if cfg.target_modules is not None:
+        return list(cfg.target_modules)
+    from prefopt.peft_scratch import DEFAULT_TARGETS
+
+    if cfg.method in ("lora", "lora-scratch"):
+        return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    return list(DEFAULT_TARGETS[_scratch_method(cfg.method)])
+
+
+def strip_adapters(model):
+    """Replace every (merged) scratch LoRA layer by its base Linear: a plain model again."""
+    from prefopt.peft_scratch import LoRALinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.base_layer)
+    return model
 
 
 def _scratch_method(method: str) -> str:
@@ -79,7 +102,7 @@ def merged_copy(model, method: str):
 
     if method == "lora":
         return copy.deepcopy(model).merge_and_unload()
-    from prefopt.peft_scratch import merge_all, strip_adapters
+    from prefopt.peft_scratch import merge_all
 
     clone = copy.deepcopy(model)
     merge_all(clone)
@@ -94,7 +117,10 @@ def load_merged_policy(model_dir: Path, tokenizer, *, dtype: str = "auto", devic
     method = meta["method"]
     if method == "none":
         return load_causal_lm(str(model_dir), tokenizer, dtype=dtype, device=device)
-    model = load_causal_lm(meta["base"], tokenizer, dtype=dtype, device=device)
+    if (Path(meta["base"]) / META).is_file():  # an adapter over another prefopt policy (PPO over SFT)
+        model = load_merged_policy(Path(meta["base"]), tokenizer, dtype=dtype, device=device)
+    else:
+        model = load_causal_lm(meta["base"], tokenizer, dtype=dtype, device=device)
     if method == "lora":
         from peft import PeftModel
 
@@ -111,9 +137,9 @@ def load_scratch(model, model_dir: Path, cfg: PeftConfig, *, merge: bool):
     """Re-inject prefopt's own modules, load their weights, optionally merge them away."""
     from safetensors.torch import load_file
 
-    from prefopt.peft_scratch import inject, load_adapter_state_dict, merge_all, strip_adapters
+    from prefopt.peft_scratch import inject, load_adapter_state_dict, merge_all
 
-    model = inject(model, _scratch_method(cfg.method), list(cfg.target_modules), **scratch_hyper(cfg))
+    model = inject(model, _scratch_method(cfg.method), targets_for(cfg), **scratch_hyper(cfg))
     load_adapter_state_dict(model, load_file(str(model_dir / "adapter.safetensors")))
     if merge:
         if cfg.method == "adapter":
