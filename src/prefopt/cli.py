@@ -23,6 +23,9 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect and check configs.")
 app.add_typer(config_app, name="config")
 
+# command groups, one module each under prefopt/commands/ (add yours here):
+# (none yet)
+
 console = Console()
 err_console = Console(stderr=True)
 
