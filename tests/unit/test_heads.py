@@ -151,7 +151,9 @@ def test_save_load_peft_trunk_stores_only_the_adapter(tmp_path):
     peft = pytest.importorskip("peft")
     _tiny_qwen3().save_pretrained(tmp_path / "base")
     trunk = AutoModel.from_pretrained(tmp_path / "base")
-    trunk = peft.get_peft_model(trunk, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trunk = peft.get_peft_model(
+        trunk, peft.LoraConfig(r=4, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():  # B is zero-initialised: make the adapter matter so the round trip is tested
         for name, p in trunk.named_parameters():
             if "lora_B" in name:
@@ -162,6 +164,8 @@ def test_save_load_peft_trunk_stores_only_the_adapter(tmp_path):
     saved = {p.name for p in (tmp_path / "rm" / "trunk").iterdir()}
     assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
     loaded = ScalarHeadModel.load(tmp_path / "rm").eval()
+    dropouts = [mod.p for mod in loaded.modules() if isinstance(mod, nn.Dropout)]
+    assert dropouts and all(p == 0.0 for p in dropouts)  # lora_dropout=0.1 turned off on load
     ids, mask = _pad([[5, 6, 7, 9], [8, 9]], "left")
     torch.testing.assert_close(loaded.score(ids, mask), m.score(ids, mask), atol=1e-6, rtol=0)
     plain = ScalarHeadModel.load(tmp_path / "rm", trunk=AutoModel.from_pretrained(tmp_path / "base"))

@@ -120,6 +120,21 @@ def test_ensure_reuses_complete_cache_and_rebuilds_partial(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])  # no temp left
 
 
+def test_ensure_keeps_a_copy_another_process_finished_first(tmp_path, monkeypatch):
+    real_build = tb.build_tiny_base
+    kwargs = dict(texts=_texts(30), seed=0, pretrain_steps=1, spec=SMALL, log=lambda s: None)
+
+    def racing_build(out_dir, **kw):
+        real_build(out_dir.parent / f"tiny-base-{kw['fingerprint']}", **kw)  # the other process wins
+        (out_dir.parent / f"tiny-base-{kw['fingerprint']}" / "winner").write_text("")
+        return real_build(out_dir, **kw)
+
+    monkeypatch.setattr(tb, "build_tiny_base", racing_build)
+    final = tb.ensure_tiny_base(tmp_path, **kwargs)
+    assert (final / "winner").exists()  # not replaced under the other process's feet
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]  # our temporary copy is gone
+
+
 def test_empty_corpus_is_an_error():
     with pytest.raises(ValueError, match="non-empty"):
         tb.train_tiny_base([], pretrain_steps=1, spec=SMALL)

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from prefopt.models.load import disable_dropout
+
 HEAD_FILE = "scalar_head.safetensors"
 META_FILE = "scalar_head.json"
 TRUNK_DIR = "trunk"
@@ -101,16 +103,24 @@ class ScalarHeadModel(nn.Module):
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, trunk: nn.Module | None = None, *, dtype: torch.dtype | None = None
+        cls,
+        model_dir: str | Path,
+        trunk: nn.Module | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        dropout_off: bool = True,
     ) -> ScalarHeadModel:
         """Rebuild from `save`. Pass `trunk` when it was not saved (or to share one already in memory).
 
-        A saved peft adapter is re-attached to the base named in its adapter_config.json.
+        A saved peft adapter is re-attached to the base named in its adapter_config.json. A trunk
+        loaded here has dropout turned off (RM and PPO run without dropout).
         """
         model_dir = Path(model_dir)
         meta = json.loads((model_dir / META_FILE).read_text())
         if trunk is None:
             trunk = _load_trunk(model_dir / TRUNK_DIR, dtype, meta)
+            if dropout_off:
+                disable_dropout(trunk)
         model = cls(trunk, hidden_size=meta["hidden_size"])
         state = load_file(model_dir / HEAD_FILE)
         with torch.no_grad():

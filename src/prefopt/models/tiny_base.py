@@ -140,8 +140,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)
     model.train()
-    start, step, losses = time.perf_counter(), 0, []
-    every = max(1, max_steps // 10)
+    start, step, losses, logged_tenths = time.perf_counter(), 0, [], 0
     while True:
         elapsed = time.perf_counter() - start
         progress = max(step / max_steps, elapsed / max_seconds if max_seconds else 0.0)
@@ -158,11 +157,14 @@ def pretrain(
         opt.step()
         losses.append(loss.item())
         step += 1
-        if step % every == 0 or step == 1:
-            secs = time.perf_counter() - start
+        secs = time.perf_counter() - start
+        tenths = int(10 * max(step / max_steps, secs / max_seconds if max_seconds else 0.0))
+        if tenths > logged_tenths or step == 1:  # a line per 10% of the budget, steps or seconds
+            logged_tenths = max(tenths, logged_tenths)
             tps = step * spec.batch_size * seq_len / max(secs, 1e-9)
             log(
-                f"pretrain step {step:5d}/{max_steps}  loss {losses[-1]:.3f}  {tps / 1e3:6.1f}k tok/s  {secs:5.1f}s"
+                f"pretrain {min(tenths, 10) * 10:3d}%  step {step:5d}  loss {losses[-1]:.3f}  "
+                f"{tps / 1e3:6.1f}k tok/s  {secs:5.1f}s"
             )
     model.eval()
     seconds = time.perf_counter() - start
@@ -188,7 +190,7 @@ def train_tiny_base(
     texts: list[str],
     *,
     seed: int = 0,
-    pretrain_steps: int = 1500,
+    pretrain_steps: int = 300,
     pretrain_seconds: float | None = None,
     spec: TinyBaseSpec = TinyBaseSpec(),
     log: Callable[[str], None] = print,
@@ -233,7 +235,7 @@ def build_tiny_base(
     *,
     texts: list[str] | None = None,
     seed: int = 0,
-    pretrain_steps: int = 1500,
+    pretrain_steps: int = 300,
     pretrain_seconds: float | None = None,
     corpus_size: int = 4000,
     spec: TinyBaseSpec = TinyBaseSpec(),
@@ -284,7 +286,7 @@ def ensure_tiny_base(
     *,
     texts: list[str] | None = None,
     seed: int = 0,
-    pretrain_steps: int = 1500,
+    pretrain_steps: int = 300,
     pretrain_seconds: float | None = None,
     corpus_size: int = 4000,
     spec: TinyBaseSpec = TinyBaseSpec(),
@@ -308,6 +310,10 @@ def ensure_tiny_base(
         tmp, texts=texts, seed=seed, pretrain_steps=pretrain_steps, pretrain_seconds=pretrain_seconds,
         spec=spec, log=log, fingerprint=fp,
     )  # fmt: skip
+    done = read_marker(final)
+    if done is not None and done.get("fingerprint") == fp:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return final
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
