@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prefopt.batching import IGNORE, collate_sft, length_grouped_order, prompt_ids, tokenize_sft
-from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefopt.batching import IGNORE, collate_sft, prompt_ids, tokenize_sft
 from prefopt.config import Config, derive
 from prefopt.data.load import load_sft
 from prefopt.models.adapters import apply_peft, save_policy
@@ -29,6 +27,7 @@ from prefopt.models.load import load_causal_lm, load_tokenizer
 from prefopt.optim import make_optimizer, make_scheduler
 from prefopt.stage import Stage, open_stage
 from prefopt.tracking import Tracker, progress
+from prefopt.trainstate import local_microbatches, resume, save_ckpt
 
 
 def train(cfg: Config, accelerator=None) -> Path:
@@ -59,17 +58,27 @@ def train(cfg: Config, accelerator=None) -> Path:
         opt = make_optimizer(model.parameters(), cfg.sft.lr, cfg.sft.weight_decay)
         sched = make_scheduler(opt, cfg.sft.schedule, cfg.sft.warmup_ratio, total_steps)
         model, opt = acc.prepare(model, opt)
-        start = _resume(st, acc.unwrap_model(model), opt, sched)
+        start = resume(st, acc.unwrap_model(model), opt, sched)
 
         # 4. the loop: step s always sees the same examples, so a resumed run repeats an uninterrupted one
         tracker = Tracker(st.dir, enabled=st.is_main, resume_step=start if start else None)
         micro = cfg.sft.micro_batch_size
+        lengths = tuple(p.length for p in train_set)
         t0, bar = time.time(), progress(total=total_steps, desc="sft", enabled=st.is_main)
         bar.update(start)
         model.train()
         step = start
         for step in range(start, total_steps):
-            batches = _local_microbatches(train_set, step, cfg, micro, d.sft_grad_accum, acc)
+            batches = local_microbatches(
+                train_set,
+                lengths,
+                step,
+                batch_size=cfg.sft.batch_size,
+                micro=micro,
+                accum=d.sft_grad_accum,
+                seed=cfg.seed,
+                acc=acc,
+            )
             n_tokens = sum(sum(len(p.completion) for p in mb) for mb in batches)
             loss_sum = 0.0
             for i, mb in enumerate(batches):
@@ -205,60 +214,5 @@ def _data_kw(cfg: Config, limit: int | None) -> dict:
     return {"layout": cfg.data.layout, "on_bad_row": cfg.data.on_bad_row, "limit": limit, "seed": cfg.seed}
 
 
-def _local_microbatches(train_set, step: int, cfg: Config, micro: int, accum: int, acc) -> list:
-    """This rank's micro-batches of global step `step`. Example g of the stream is
-    order(epoch = g // n)[g % n]; each epoch's order is seeded by cfg.seed + epoch (same on every rank)."""
-    n, batch = len(train_set), cfg.sft.batch_size
-    lengths = tuple(p.length for p in train_set)
-    idx = [
-        _epoch_order(lengths, cfg.seed + g // n, micro)[g % n]
-        for g in range(step * batch, (step + 1) * batch)
-    ]
-    mbs = [[train_set[i] for i in idx[k * micro : (k + 1) * micro]] for k in range(accum * acc.num_processes)]
-    return mbs[acc.process_index * accum : (acc.process_index + 1) * accum]
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(lengths: tuple[int, ...], seed: int, micro: int) -> list[int]:
-    return length_grouped_order(lengths, micro, seed)
-
-
-def _resume(st: Stage, model, opt, sched) -> int:
-    ckpt = latest_checkpoint(st.ckpt_dir)
-    if ckpt is None:
-        return 0
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def load_model(folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "trainable.safetensors"))
-        missing = trainable - set(state)
-        if missing:
-            raise RuntimeError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors (config changed?)")
-        model.load_state_dict(state, strict=False)
-
-    extra = load_checkpoint(ckpt, load_model_fn=load_model, optimizer=opt, scheduler=sched)
-    st.print(f"resumed from {ckpt.name} (step {extra['step']})")
-    return int(extra["step"])
-
-
 def _save_ckpt(st: Stage, model, opt, sched, step: int) -> None:
-    if not st.is_main:
-        return
-
-    def save_model(folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        state = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(state, str(folder / "trainable.safetensors"))
-
-    save_checkpoint(
-        st.ckpt_dir,
-        step,
-        save_model_fn=save_model,
-        optimizer=opt,
-        scheduler=sched,
-        extra={"step": step},
-        keep_last=st.cfg.sft.keep_last,
-    )
+    save_ckpt(st, model, opt, sched, step, st.cfg.sft.keep_last)
