@@ -169,6 +169,32 @@ def test_saved_model_loads_merged_and_as_named_adapter(lora_run, testbed_tok):
     last = batch["attention_mask"].sum(1) - 1
     shared = head(h[torch.arange(len(seqs)), last]).squeeze(-1) - bias
     assert shared.tolist() == pytest.approx(expected, abs=1e-4)
+    # the value model starts as a trainable copy of the reward adapter + head
+    v_head, _ = load_reward_adapter_into(peft_model, out, adapter_name="value", trainable=True)
+    assert all(p.requires_grad for p in v_head.parameters())
+    assert any(p.requires_grad for n, p in peft_model.named_parameters() if ".value." in n)
+    assert torch.equal(v_head.weight, head.weight)
+
+
+def test_full_finetuning_saves_a_whole_trunk_that_loads_back(tmp_path, testbed_tok):
+    tok = testbed_tok
+    _fake_sft_run(tmp_path, "full-ft", tok, lora_sft=False)
+    cfg = _cfg(tmp_path, "full-ft", peft={"method": "none"}, data={"limit_train": 8, "limit_eval": 8})
+    out = rt.train(cfg)
+    model_dir = out / "model"
+    assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
+    assert json.loads((model_dir / "prefopt.json").read_text())["method"] == "none"
+    refs = rt.load_sft("testbed", "train", limit=12)  # the references the bias was set on
+    seqs = rt.tokenize_summaries([r.post for r in refs], [r.summary for r in refs], tok, 128, 32)
+    loaded = load_reward_model(model_dir, tok, device="cpu")
+    scores = rt.score_sequences(loaded, seqs, tok.pad_token_id, micro=4)
+    assert abs(sum(scores) / len(scores)) < 1e-4
+    # the trunk really was trained: it differs from the SFT policy's
+    sft = load_merged_policy(tmp_path / "full-ft" / "sft" / "model", tok, device="cpu")
+    w = "layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(loaded.trunk.state_dict()[w], sft.model.state_dict()[w])
+    with pytest.raises(ValueError, match="no adapter to share"):
+        load_reward_adapter_into(None, model_dir)
 
 
 def batch_inputs(batch):

@@ -169,7 +169,7 @@ def train(cfg: Config, accelerator=None) -> Path:
                 tokenizer=tok,
                 extra={"max_prompt_tokens": budget[0], "max_summary_tokens": budget[1]},
             )
-        st.finish({"steps": steps_done, "seconds": time.time() - t0, **metrics})
+        st.finish(_json_safe({"steps": steps_done, "seconds": time.time() - t0, **metrics}))
     return st.dir
 
 
