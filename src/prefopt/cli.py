@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prefopt.commands import data_cmd, peft_cmd, plan_cmd
 from prefopt.config import Config, ConfigError, derive, describe, dump_config, load_config
 
 app = typer.Typer(
@@ -24,7 +25,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect and check configs."
 app.add_typer(config_app, name="config")
 
 # command groups, one module each under prefopt/commands/ (add yours here):
-# (none yet)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(peft_cmd.app, name="peft")
+app.add_typer(plan_cmd.app, name="plan")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -85,25 +88,26 @@ def config_check(config: ConfigArg = None, overrides: Overrides = None) -> None:
         console.print(f"  {key} = {value}")
 
 
-def _stage(name: str, config: Path | None, overrides: list[str] | None) -> None:
-    """Run one stage with clear errors for the user's mistakes (config, data, locks)."""
-    cfg = resolve(config, overrides)
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Mistakes a user can fix (config, data, model path, a locked run folder): one line, no traceback."""
     from prefopt.data.load import DataError
     from prefopt.models.load import ModelLoadError
     from prefopt.runs import RunLockedError
 
+    return (DataError, ModelLoadError, RunLockedError, ConfigError, FileNotFoundError)
+
+
+def _guarded(fn, *args):
     try:
-        run_stage(cfg, name)
-    except (DataError, ModelLoadError, RunLockedError, ConfigError, FileNotFoundError) as err:
+        return fn(*args)
+    except _user_errors() as err:
         fail(str(err))
 
 
-def run_stage(cfg: Config, name: str) -> Path:
-    """Import and run one stage's `train`/`run` function."""
-    import importlib
+def _stage(name: str, config: Path | None, overrides: list[str] | None) -> None:
+    from prefopt.pipeline import run_stage
 
-    module = {"sft": "prefopt.sft.train", "reward": "prefopt.reward.train", "ppo": "prefopt.ppo.train"}[name]
-    return importlib.import_module(module).train(cfg)
+    _guarded(run_stage, resolve(config, overrides), name)
 
 
 @app.command()
@@ -116,6 +120,38 @@ def sft(config: ConfigArg = None, overrides: Overrides = None) -> None:
 def ppo(config: ConfigArg = None, overrides: Overrides = None) -> None:
     """PPO against the reward model under a KL penalty to the SFT policy -> <run>/ppo/model."""
     _stage("ppo", config, overrides)
+
+
+@app.command()
+def reward(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """Train the reward model on comparisons (Bradley-Terry), normalise and evaluate it -> <run>/reward/model."""
+    _stage("reward", config, overrides)
+
+
+@app.command("eval")
+def eval_(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """Compare SFT, PPO and the references on held-out posts (win rates with 95% intervals) -> <run>/eval."""
+    _stage("eval", config, overrides)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/testbed.")]) -> None:
+    """Build <run>/report.html (self-contained, plots embedded) from the run's folders."""
+    from prefopt.report.build import build_report, summary_markdown
+
+    if not run_dir.is_dir():
+        fail(f"no run folder at {run_dir}")
+    path = build_report(run_dir)
+    console.print(summary_markdown(run_dir))
+    console.print(f"report: {path}")
+
+
+@app.command()
+def run(config: ConfigArg = None, overrides: Overrides = None) -> None:
+    """The whole pipeline: (tiny base) -> SFT -> reward -> PPO -> eval -> report. Complete stages are skipped."""
+    from prefopt.pipeline import run_pipeline
+
+    _guarded(run_pipeline, resolve(config, overrides))
 
 
 def main() -> None:  # pragma: no cover - entry point

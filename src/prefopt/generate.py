@@ -61,7 +61,7 @@ def sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, gene
 
 def _cache_kwarg(model) -> str:
     """transformers 5.x names the KV cache `cache`; 4.x `past_key_values`."""
-    lm = model.base_model.model if hasattr(model, "peft_config") else model
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's model
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
