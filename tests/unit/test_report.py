@@ -228,6 +228,14 @@ def test_markdown_to_html_escapes_and_drops_separator_rows():
     assert "<p>text &amp; more</p>" in out
 
 
+def test_reward_panels_group_losses_and_accuracies():
+    records = [
+        {"step": 1, "time": 0, "train/loss": 0.6, "eval/accuracy": 0.7, "eval/confidence_9/accuracy": 0.9}
+    ]
+    panels = {p.name: p.keys for p in plots.reward_panels(records)}
+    assert panels == {"reward_loss": ("train/loss",), "reward_accuracy": ("eval/accuracy",)}
+
+
 def test_smooth_is_a_trailing_mean():
     x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
     assert np.allclose(plots.smooth(x, 2), [1.0, 1.5, 2.5, 3.5, 4.5])
@@ -241,6 +249,8 @@ def test_overopt_curve_reads_the_ppo_metrics(full_run):
     assert np.allclose(curve.kl, 0.5 * np.arange(1, 41))
     assert np.allclose(curve.rm, 0.1 * np.arange(1, 41) + 0.01)  # raw score preferred over score
     assert int(np.argmax(curve.gold)) == 15  # KL 8.0 = update 16
+    # the centred mean of the 5 updates at KL 7..9: 1 - (1 + 0.25 + 0 + 0.25 + 1) / (5 * 100)
+    assert overopt.gold_peak(curve) == pytest.approx((8.0, 0.995), abs=1e-9)
     assert overopt.run_curve(full_run / "nothing") is None
 
 

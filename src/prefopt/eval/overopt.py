@@ -59,6 +59,23 @@ def run_curve(ppo_dir: Path) -> Curve | None:
     return Curve(column(KL_KEY), column(rm_key), column(GOLD_KEY))
 
 
+def _window(n: int) -> int:
+    return max(1, n // 10) | 1  # odd: a centred mean keeps a symmetric peak where it is
+
+
+def gold_peak(curve: Curve) -> tuple[float, float] | None:
+    """(KL, smoothed gold) where the smoothed gold score is highest: where optimising the proxy stopped
+    paying; None without gold scores."""
+    if not curve.has_gold:
+        return None
+    order = np.argsort(curve.kl, kind="stable")
+    kl, gold = curve.kl[order], curve.gold[order]
+    ok = np.isfinite(gold)
+    smoothed = smooth(gold[ok], _window(len(kl)), centered=True)
+    i = int(np.argmax(smoothed))
+    return float(kl[ok][i]), float(smoothed[i])
+
+
 def plot_run_curve(ppo_dir: Path, out_png: Path) -> Path | None:
     """Reward-model score (left axis) and gold score (right axis) against KL, one point per update,
     with moving averages; the gold peak is marked. None when the run logged no KL."""
@@ -67,7 +84,7 @@ def plot_run_curve(ppo_dir: Path, out_png: Path) -> Path | None:
         return None
     order = np.argsort(curve.kl, kind="stable")
     kl = curve.kl[order]
-    window = max(1, len(kl) // 10)
+    window = _window(len(kl))
     fig, ax = new_figure(6.4, 3.8)
     ax.scatter(kl, curve.rm[order], s=10, color=PALETTE[0], alpha=0.35)
     ax.plot(
@@ -87,11 +104,11 @@ def plot_run_curve(ppo_dir: Path, out_png: Path) -> Path | None:
         gold = smooth(curve.gold[order][ok], window, centered=True)
         ax2.scatter(kl[ok], curve.gold[order][ok], s=10, color=PALETTE[2], alpha=0.35)
         ax2.plot(kl[ok], gold, color=PALETTE[2], linewidth=2, label="gold (truth)")
-        peak = int(np.argmax(gold))
-        ax2.axvline(kl[ok][peak], color="#6b7280", linestyle="--", linewidth=1)
+        peak_kl, peak_gold = gold_peak(curve)
+        ax2.axvline(peak_kl, color="#6b7280", linestyle="--", linewidth=1)
         ax2.annotate(
-            f"gold peaks at KL {kl[ok][peak]:.1f}",
-            (kl[ok][peak], gold[peak]),
+            f"gold peaks at KL {peak_kl:.1f}",
+            (peak_kl, peak_gold),
             xytext=(6, -14),
             textcoords="offset points",
             fontsize=8,
@@ -101,7 +118,7 @@ def plot_run_curve(ppo_dir: Path, out_png: Path) -> Path | None:
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.set_title("Over-optimisation: proxy vs truth as the policy moves away from SFT", fontsize=10)
-    ax.legend(handles, labels, fontsize=8, frameon=False, loc="lower right")
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="outside lower center", ncols=2)
     return save(fig, out_png)
 
 
@@ -175,7 +192,7 @@ def plot_sweep(run_dirs: Sequence[Path], out_png: Path) -> Path | None:
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.set_title("KL-coefficient sweep: where each run ended", fontsize=10)
-    ax.legend(handles, labels, fontsize=8, frameon=False, loc="lower right")
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="outside lower center", ncols=2)
     return save(fig, out_png)
 
 

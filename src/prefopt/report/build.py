@@ -148,8 +148,10 @@ def _img(path: Path, caption: str) -> str:
     )
 
 
-def _plots_grid(items: Sequence[tuple[Path, str]]) -> str:
-    return '<div class="plots">' + "".join(_img(p, c) for p, c in items) + "</div>" if items else ""
+def _plots_grid(items: Sequence[tuple[Path, str]], wide: bool = False) -> str:
+    if not items:
+        return ""
+    return f'<div class="plots{" wide" if wide else ""}">' + "".join(_img(p, c) for p, c in items) + "</div>"
 
 
 def _section(anchor: str, title: str, inner: str) -> str:
@@ -264,7 +266,9 @@ def _overopt_section(run_dir: Path, views: dict[str, StageView], plots_dir: Path
         "Where the gold curve turns down while the proxy still rises, the policy is exploiting the reward model."
     )
     return _section(
-        "overopt", "Over-optimisation", _note(text) + _plots_grid([(path, "proxy and truth against KL")])
+        "overopt",
+        "Over-optimisation",
+        _note(text) + _plots_grid([(path, "proxy and truth against KL")], wide=True),
     )
 
 

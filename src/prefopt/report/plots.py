@@ -56,7 +56,7 @@ def reward_panels(records: Sequence[dict[str, Any]]) -> tuple[Panel, ...]:
     """The reward stage's panels, from the names it logged: every loss together, every accuracy together."""
     keys = _numeric_keys(records)
     losses = tuple(k for k in keys if "loss" in k)
-    accs = tuple(k for k in keys if "acc" in k and "by_confidence" not in k)
+    accs = tuple(k for k in keys if "acc" in k and "confidence" not in k)  # per-confidence: too many lines
     panels = []
     if losses:
         panels.append(Panel("reward_loss", "Reward model loss (Bradley-Terry)", losses, "loss"))

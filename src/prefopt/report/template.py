@@ -35,6 +35,7 @@ th { background:#f3f4f6; font-weight:600; }
 td.num, th.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
 td .ci { color: var(--muted); font-size: 12px; }
 .plots { display:grid; grid-template-columns: repeat(auto-fill, minmax(500px, 1fr)); gap:14px; }
+.plots.wide { grid-template-columns: minmax(0, 860px); }
 figure { margin:0; }
 figure img { width:100%; height:auto; border:1px solid var(--line); border-radius:8px; background:#fff; }
 figcaption { font-size:12px; color:var(--muted); margin-top:2px; }
