@@ -6,8 +6,9 @@ parameters, peak RSS above the process's size before training, wall time of the 
 and the gold score of greedy samples (the stage's DONE.json), into `<out>/peft_compare.md`,
 `<out>/peft_compare.json` and a plot `<out>/peft_compare.png`.
 
-The step budget is exact: each run trains on the first `steps x sft.batch_size` examples for one epoch,
-with the config's learning rate and everything else unchanged.
+The step budget is exact: each run trains on the first `steps x sft.batch_size` examples, with as many
+epochs (a fraction more than one when the stage drops over-long examples) as make exactly `steps`
+optimizer steps; the learning rate and everything else are the config's.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ def method_config(cfg: Config, method: str, steps: int, out_dir: Path) -> Config
             f"output_dir={out_dir / 'runs'}",
             f"peft.method={method}",
             f"data.limit_train={steps * cfg.sft.batch_size}",
-            "sft.epochs=1",
             "sft.max_seconds=null",
             "sft.save_every=0",
         ],
@@ -131,7 +131,7 @@ def _run_method(cfg: Config, method: str, steps: int, out_dir: Path) -> MethodRe
     result_path.unlink(missing_ok=True)
     with open(log_path, "w") as log_file:
         proc = subprocess.run(
-            [sys.executable, "-m", "prefopt.peft_compare", str(config_path), str(result_path)],
+            [sys.executable, "-m", "prefopt.peft_compare", str(config_path), str(result_path), str(steps)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -153,8 +153,36 @@ def _summary(r: MethodResult) -> str:
 # ---------------------------------------------------------------- the child: one method
 
 
-def run_child(config_path: Path, result_path: Path) -> MethodResult:
-    """Train one method's SFT stage in this process and measure it."""
+def exact_epochs(cfg: Config, steps: int) -> float:
+    """`sft.epochs` that makes the SFT stage run exactly `steps` optimizer steps on the examples it
+    keeps (it drops over-long ones): the stage runs int(epochs x kept) // batch_size steps."""
+    from prefopt.batching import tokenize_sft
+    from prefopt.data.load import load_sft
+    from prefopt.models.base import resolve_base, tokenizer_source
+    from prefopt.models.load import load_tokenizer
+
+    d = cfg.data
+    tok = load_tokenizer(tokenizer_source(cfg, resolve_base(cfg)), eos_token=cfg.model.eos_token)
+    examples = load_sft(
+        d.sft_source,
+        d.train_split,
+        layout=d.layout,
+        on_bad_row=d.on_bad_row,
+        limit=d.limit_train,
+        seed=cfg.seed,
+    )
+    kept = len(tokenize_sft(examples, tok, d.max_prompt_tokens, d.max_summary_tokens))
+    if kept == 0:
+        raise ValueError(
+            f"{d.sft_source}: no SFT example fits data.max_summary_tokens={d.max_summary_tokens}"
+        )
+    return (steps * cfg.sft.batch_size + 0.5) / kept  # the 0.5 keeps float rounding off the floor
+
+
+def run_child(config_path: Path, result_path: Path, steps: int) -> MethodResult:
+    """Train one method's SFT stage in this process, for exactly `steps` steps, and measure it."""
+    import warnings
+
     import psutil
 
     import prefopt.sft.train as sft_train
@@ -162,6 +190,9 @@ def run_child(config_path: Path, result_path: Path) -> MethodResult:
     from prefopt.runs import read_complete
 
     cfg = load_config(config_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stage itself warns about dropped examples below
+        cfg.sft.epochs = exact_epochs(cfg, steps)
     counts: dict[str, int] = {}
     real_apply = sft_train.apply_peft
 
@@ -270,5 +301,5 @@ def plot(results: Sequence[MethodResult], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # the child process: python -m prefopt.peft_compare CONFIG.yaml RESULT.json
-    run_child(Path(sys.argv[1]), Path(sys.argv[2]))
+if __name__ == "__main__":  # the child: python -m prefopt.peft_compare CONFIG.yaml RESULT.json STEPS
+    run_child(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
