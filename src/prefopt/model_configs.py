@@ -77,12 +77,26 @@ def canonical_name(name: str) -> str | None:
     return key if key in QWEN3 else None
 
 
-def testbed_tiny_config() -> PretrainedConfig:
-    """The shape of the testbed's tiny base (`TinyBaseSpec` defaults; vocab = the BPE's size)."""
-    from transformers import Qwen3Config
+def cached_tiny_base(cache_dir: str | Path) -> Path | None:
+    """The newest complete testbed tiny base under `cache_dir` (its marker is written last), or None."""
+    from prefopt.models.tiny_base import MARKER
+
+    markers = sorted(Path(cache_dir).glob(f"tiny-base-*/{MARKER}"), key=lambda p: p.stat().st_mtime)
+    return markers[-1].parent if markers else None
+
+
+def testbed_tiny_config(cache_dir: str | Path | None = None) -> PretrainedConfig:
+    """The testbed's tiny base: the cached one's config.json when `cache_dir` holds one, else the
+    `TinyBaseSpec` defaults (with the BPE's requested vocabulary, an upper bound of the trained one)."""
+    from transformers import AutoConfig, Qwen3Config
 
     from prefopt.models.tiny_base import TinyBaseSpec
 
+    cached = cached_tiny_base(cache_dir) if cache_dir is not None else None
+    if cached is not None:
+        cfg = AutoConfig.from_pretrained(str(cached))
+        cfg.name_or_path = f"testbed-tiny ({cached})"
+        return cfg
     s = TinyBaseSpec()
     cfg = Qwen3Config(
         vocab_size=s.vocab_size,
@@ -105,7 +119,7 @@ def model_config_for(cfg: Config, override: str | None = None) -> PretrainedConf
     if override:
         return qwen3_config(override)
     if cfg.model.preset == "testbed-tiny":
-        return testbed_tiny_config()
+        return testbed_tiny_config(cfg.model.cache_dir)
     source = cfg.model.name_or_path
     if canonical_name(source) is not None:
         return qwen3_config(source)

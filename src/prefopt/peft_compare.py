@@ -279,6 +279,7 @@ def plot(results: Sequence[MethodResult], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in results if r.error is None]
+    refs = [r.gold_reference for r in ok if r.gold_reference is not None]
     panels = [
         ("trainable parameters", "trainable", True),
         ("peak RSS delta (MB)", "peak_rss_delta_mb", False),
@@ -295,6 +296,9 @@ def plot(results: Sequence[MethodResult], path: Path, title: str = "") -> None:
         ax.set_title(label, fontsize=9)
         if log_scale and any(values):
             ax.set_yscale("log")
+        if key == "gold" and refs:
+            ax.axhline(refs[0], color="gray", linestyle="--", linewidth=1)
+            ax.text(-0.4, refs[0], "references", fontsize=7, color="gray", va="bottom")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

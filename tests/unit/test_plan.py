@@ -52,6 +52,18 @@ def test_names_resolve_and_unknown_ones_are_refused(tmp_path):
     assert local.hidden_size == 2048
 
 
+def test_testbed_preset_sizes_the_cached_tiny_base(tmp_path):
+    from prefopt.models.tiny_base import MARKER
+
+    cfg = build_config({"model": {"preset": "testbed-tiny", "cache_dir": str(tmp_path)}})
+    assert model_config_for(cfg).vocab_size == 4000  # nothing cached: the spec's requested vocabulary
+    cached = tmp_path / "tiny-base-0123"
+    qwen3_config("qwen3-0.6b").save_pretrained(cached)
+    assert model_config_for(cfg).vocab_size == 4000  # no marker yet: a partial build is ignored
+    (cached / MARKER).write_text("{}")
+    assert model_config_for(cfg).hidden_size == 1024
+
+
 @pytest.fixture(scope="module")
 def shape_06b() -> planning.Shape:
     return planning.Shape.of(qwen3_config("qwen3-0.6b"))

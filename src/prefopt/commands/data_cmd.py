@@ -133,10 +133,10 @@ def _tokenizer(path: str | None, cache_dir: Path):
 
 def cached_tiny_tokenizer(cache_dir: Path) -> str | None:
     """The newest complete tiny base under `cache_dir` (its marker file is written last), or None."""
-    from prefopt.models.tiny_base import MARKER
+    from prefopt.model_configs import cached_tiny_base
 
-    markers = sorted(Path(cache_dir).glob(f"tiny-base-*/{MARKER}"), key=lambda p: p.stat().st_mtime)
-    return str(markers[-1].parent) if markers else None
+    found = cached_tiny_base(cache_dir)
+    return str(found) if found else None
 
 
 def _print_counts(numbers: dict[str, Any]) -> None:
