@@ -123,9 +123,27 @@ def ppo(config: ConfigArg = None, overrides: Overrides = None) -> None:
 
 
 @app.command()
-def reward(config: ConfigArg = None, overrides: Overrides = None) -> None:
-    """Train the reward model on comparisons (Bradley-Terry), normalise and evaluate it -> <run>/reward/model."""
-    _stage("reward", config, overrides)
+def reward(
+    config: Annotated[
+        str | None, typer.Argument(help="YAML config, or the word `score` (see below).")
+    ] = None,
+    overrides: Overrides = None,
+    out: Annotated[
+        Path | None, typer.Option(help="`score` only: write the scores as JSON lines here.")
+    ] = None,
+) -> None:
+    """Train the reward model on comparisons (Bradley-Terry), normalise and evaluate it -> <run>/reward/model.
+
+    `prefopt reward score MODEL FILE` instead scores the (post, summary) rows of FILE (any SFT layout)
+    with a saved reward model (`<run>/reward` or `<run>/reward/model`)."""
+    if config == "score":
+        if not overrides or len(overrides) != 2:
+            fail("usage: prefopt reward score MODEL FILE [--out scores.jsonl]")
+        from prefopt.reward.train import score_file
+
+        _guarded(score_file, Path(overrides[0]), Path(overrides[1]), out)
+        return
+    _stage("reward", Path(config) if config else None, overrides)
 
 
 @app.command("eval")

@@ -37,8 +37,10 @@ class ModelConfig(_Section):
     """Weights dtype: `auto` = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~25% slower."""
-    tiny_pretrain_seconds: float = Field(75.0, gt=0)
-    """`testbed-tiny` only: wall-clock budget of the brief LM pretraining on posts."""
+    tiny_pretrain_steps: int = Field(300, gt=0)
+    """`testbed-tiny` only: optimizer steps of the brief LM pretraining on posts (16 x 256 tokens each)."""
+    tiny_pretrain_seconds: float | None = Field(None, gt=0)
+    """`testbed-tiny` only: optional wall-clock cap on that pretraining (makes the base machine-dependent)."""
     cache_dir: str = ".cache/prefopt"
     """Where the `testbed-tiny` base is cached, so a second run skips building it."""
 

@@ -41,3 +41,27 @@ def tiny_cfg(tiny_base, tmp_path):
         )  # fmt: skip
 
     return make
+
+
+@pytest.fixture
+def accelerate_launch():
+    """Run `python -m prefopt ARGS` as 2 real CPU processes under accelerate (DDP over gloo).
+
+    `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun);
+    two real processes need torchrun's launcher (`--multi_gpu`) with ACCELERATE_USE_CPU=1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        with socket.socket() as s:  # a free port: other runs on this machine may hold the default one
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "prefopt", *args]  # fmt: skip
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420, check=False)
+
+    return launch

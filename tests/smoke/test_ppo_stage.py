@@ -112,3 +112,21 @@ def test_ppo_killed_and_resumed_equals_uninterrupted(tiny_cfg, monkeypatch):
     a = load_file(str(straight / "model" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "model" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ppo_two_processes_under_accelerate(tiny_cfg, tmp_path, accelerate_launch):
+    """2 PPO updates as 2 CPU processes; the stage itself checks that both replicas end identical."""
+    from prefopt.config import dump_config
+
+    cfg = tiny_cfg(
+        "peft.method=lora", "peft.r=4", "ppo.micro_batch_size=2"
+    )  # 8 prompts = 2 ranks x 2 minibatches x 2
+    _prepare(cfg)
+    path = tmp_path / "ppo.yaml"
+    path.write_text(dump_config(cfg))
+    proc = accelerate_launch("ppo", str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = cfg.run_dir / "ppo"
+    assert is_complete(out) and (out / "model" / "adapter_config.json").is_file()
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]  # logged once, by the main process

@@ -16,7 +16,10 @@ def resolve_base(cfg: Config) -> str:
     from prefopt.models.tiny_base import ensure_tiny_base
 
     cached = ensure_tiny_base(
-        Path(cfg.model.cache_dir), seed=cfg.seed, pretrain_seconds=cfg.model.tiny_pretrain_seconds
+        Path(cfg.model.cache_dir),
+        seed=cfg.seed,
+        pretrain_steps=cfg.model.tiny_pretrain_steps,
+        pretrain_seconds=cfg.model.tiny_pretrain_seconds,
     )
     local = cfg.run_dir / "base"
     if not (local / "config.json").is_file():

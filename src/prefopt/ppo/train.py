@@ -59,6 +59,7 @@ def train(cfg: Config, accelerator=None) -> Path:
         posts = _train_posts(cfg)
         prompts = [prompt_ids(post, tok, cfg.data.max_prompt_tokens) for post in posts]
         start = _resume(st, roles, opt, sched, kl_ctl)
+        _broadcast_from_main(params, acc)  # fresh adapters are drawn from per-rank seeds: start from rank 0's
         st.print(
             f"{len(prompts)} prompts, {d.ppo_updates} updates x {pc.rollout_batch_size} episodes, "
             f"roles={'one shared base' if hasattr(roles, 'model') else 'four models'}"
@@ -135,6 +136,7 @@ def train(cfg: Config, accelerator=None) -> Path:
                 _save_ckpt(st, roles, opt, sched, kl_ctl, update + 1)
         bar.close()
         tracker.close()
+        _check_replicas_agree(params, acc)
         if st.is_main:
             roles.save_policy(st.model_dir, sft_dir, tok)
         st.finish({"updates": d.ppo_updates, "seconds": time.time() - t_start})
@@ -181,7 +183,7 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
         if not torch.isfinite(loss):
             ok = False
             break
-        acc.backward(loss)
+        loss.backward()
         for k, v in {
             "policy/loss": pg_loss,
             "value/loss": vf_loss,
@@ -190,8 +192,10 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
             **{f"value/{k}": v for k, v in vf_stats.items()},
         }.items():
             stats[k] = stats.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / d.ppo_grad_accum
+    ok = _every_rank(ok, acc)
     if ok:
-        grad_norm = acc.clip_grad_norm_(params, pc.max_grad_norm)
+        _average_gradients(params, acc)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, pc.max_grad_norm)
         ok = bool(torch.isfinite(torch.as_tensor(grad_norm)))
         stats["policy/grad_norm"] = float(grad_norm)
     if ok:
@@ -200,6 +204,54 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
         warnings.warn("non-finite PPO loss or gradient: this optimizer step is skipped", stacklevel=2)
     opt.zero_grad(set_to_none=True)
     return stats, ok
+
+
+def _every_rank(ok: bool, acc) -> bool:
+    """True only if every rank's step was finite (so all ranks skip or step together, never deadlock)."""
+    if acc.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=acc.device)
+    return float(acc.reduce(flag, reduction="sum")) == 0.0
+
+
+def _broadcast_from_main(params, acc) -> None:
+    """Every rank starts from the main process's trainable weights (what DDP does when it wraps a model)."""
+    if acc.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def _check_replicas_agree(params, acc) -> None:
+    """Every rank must end with the same trainable weights; a silent divergence would corrupt the save."""
+    if acc.num_processes == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+    sums = acc.gather(checksum)
+    if float(sums.max() - sums.min()) != 0.0:
+        raise RuntimeError(f"PPO replicas diverged across ranks (weight checksums {sums.tolist()})")
+
+
+def _average_gradients(params, acc) -> None:
+    """Data parallelism for PPO: average the trainable gradients over ranks in one flat all-reduce.
+
+    The roles switch adapters and call inner modules directly, which a DDP wrapper's forward would not
+    see; the trainable set (LoRA adapters + value head, or the policy and value models) is reduced here."""
+    if acc.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= acc.num_processes
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
 
 
 def _rollout_metrics(ro: Rollout, kl, returns, kl_coef: float, tok, batch_posts) -> dict[str, float]:

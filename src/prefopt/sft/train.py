@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -199,12 +200,33 @@ def sample_and_score(model, tok, examples, cfg: Config, out_dir: Path) -> dict[s
             "samples/gold_reference": sum(g_r) / len(g_r),
             "samples/gold_win_rate_vs_reference": win_rate(g_s, g_r),
         }
+        metrics |= fact_accuracy(posts, texts)
         for row, a, b in zip(rows, g_s, g_r, strict=True):
             row |= {"gold_sample": a, "gold_reference": b}
+        if metrics["samples/gold"] < metrics["samples/gold_reference"]:
+            warnings.warn(
+                f"SFT samples score below the references on gold ({metrics['samples/gold']:.2f} < "
+                f"{metrics['samples/gold_reference']:.2f}): the policy has not learned to copy the facts "
+                f"(per-fact accuracy: {', '.join(f'{k[13:]}={v:.2f}' for k, v in metrics.items() if k.startswith('samples/fact_'))}). "
+                "A reward model built on this trunk will reward the look of a summary; train SFT longer.",
+                stacklevel=2,
+            )
     with open(out_dir / "samples.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     model.train()
     return metrics
+
+
+def fact_accuracy(posts, texts) -> dict[str, float]:
+    """Testbed: the share of samples that state each key fact correctly (who, event, feeling, question)."""
+    from prefopt.data.testbed import gold_breakdown
+
+    counts: dict[str, float] = {}
+    for post, text in zip(posts, texts, strict=True):
+        b = gold_breakdown(post, text)
+        for fact, ok in b.covered.items():
+            counts[fact] = counts.get(fact, 0.0) + float(ok and fact not in b.wrong_slots)
+    return {f"samples/fact_{k}": v / max(1, len(posts)) for k, v in counts.items()}
 
 
 # ---------------------------------------------------------------- plumbing
