@@ -152,6 +152,8 @@ class PPOConfig(_Section):
     """Minibatches per PPO epoch (one optimizer step each)."""
     micro_batch_size: int = Field(16, gt=0)
     """Sequences per forward/backward on one process (gradient accumulation fills a minibatch)."""
+    generation_batch_size: int = Field(64, gt=0)
+    """Prompts sampled at once during a rollout (bounds the KV cache; the rollout is sampled in chunks)."""
     ppo_epochs: int = Field(4, gt=0)
     """Passes over each rollout batch."""
     lr: float = Field(3e-5, gt=0)

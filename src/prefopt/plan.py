@@ -183,7 +183,7 @@ def ppo_memory(cfg: Config, s: Shape, trainable: int, gpus: int = 1) -> StageMem
         n_trainable = 2 * s.params + s.hidden + 1
     tokens = 2 * p.micro_batch_size * (prompt + p.response_length)
     chunk = min(LOGPROB_CHUNK, p.micro_batch_size * p.response_length)
-    gen_batch = p.rollout_batch_size // gpus
+    gen_batch = min(p.rollout_batch_size // gpus, p.generation_batch_size)
     return StageMemory(
         "ppo",
         weights=weights,

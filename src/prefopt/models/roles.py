@@ -201,7 +201,14 @@ def reward_score(roles, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
 
 
 def build_roles(
-    sft_model_dir: Path, reward_model_dir: Path, tokenizer, *, share_base: bool, lora_cfg, device: str
+    sft_model_dir: Path,
+    reward_model_dir: Path,
+    tokenizer,
+    *,
+    share_base: bool,
+    lora_cfg,
+    device: str,
+    gradient_checkpointing: bool = False,
 ):
     """Load the SFT policy and the reward model into the four roles (shared when both use LoRA)."""
     from prefopt.models.adapters import load_merged_policy, read_meta, targets_for
@@ -223,8 +230,19 @@ def build_roles(
         value_head, _ = load_reward_adapter_into(
             model, reward_model_dir, adapter_name="value", trainable=True
         )
+        _checkpointing(sft, gradient_checkpointing)
         return SharedRoles(model, value_head.to(device), reward_head.to(device), bias)
     reward = load_reward_model(reward_model_dir, tokenizer, device=device)
     value = copy.deepcopy(reward)
     ref = copy.deepcopy(sft)
+    for trained in (sft, value.trunk):
+        _checkpointing(trained, gradient_checkpointing)
     return SeparateRoles(sft, ref, value.trunk, value.head, reward.trunk, reward.head, float(reward.bias))
+
+
+def _checkpointing(model, on: bool) -> None:
+    """Recompute activations in the backward pass. transformers only checkpoints modules in training
+    mode; dropout is already 0 everywhere, so train() changes nothing else."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()

@@ -75,11 +75,16 @@ def collect(
     pad_id: int,
     missing_eos_score: float | None,
     forward_batch: int,
+    generation_batch: int = 64,
 ) -> Rollout:
     """Sample a fixed budget of tokens per prompt, truncate after the first EOS, then compute old
     log-probs, reference log-probs, values and scores (in chunks of `forward_batch` rows)."""
     with roles.generation_model() as lm:
-        raw = sample_batch(lm, queries, query_mask, response_length, temperature, None)
+        raw = torch.cat([
+            sample_batch(lm, queries[i : i + generation_batch], query_mask[i : i + generation_batch],
+                         response_length, temperature, None)
+            for i in range(0, queries.shape[0], generation_batch)
+        ])  # fmt: skip
     responses, mask = truncate_after_eos(raw, eos_id, pad_id)
     has_eos = (raw == eos_id).any(dim=1)
     per_token = torch.zeros(responses.shape, device=queries.device)  # placeholders, filled below

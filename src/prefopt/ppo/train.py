@@ -44,7 +44,13 @@ def train(cfg: Config, accelerator=None) -> Path:
         sft_dir, rm_dir = cfg.run_dir / "sft" / "model", cfg.run_dir / "reward" / "model"
         tok = load_tokenizer(str(sft_dir), eos_token=cfg.model.eos_token)
         roles = build_roles(
-            sft_dir, rm_dir, tok, share_base=pc.share_base, lora_cfg=cfg.peft, device=str(acc.device)
+            sft_dir,
+            rm_dir,
+            tok,
+            share_base=pc.share_base,
+            lora_cfg=cfg.peft,
+            device=str(acc.device),
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
         params = roles.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5)
@@ -88,6 +94,7 @@ def train(cfg: Config, accelerator=None) -> Path:
                 pad_id=tok.pad_token_id,
                 missing_eos_score=pc.missing_eos_score,
                 forward_batch=pc.micro_batch_size,
+                generation_batch=pc.generation_batch_size,
             )
             t_rollout = time.time() - t0
 
