@@ -31,9 +31,12 @@ class TokenizedPair:
 
 
 def prompt_ids(post: Post, tokenizer, max_prompt_tokens: int) -> list[int]:
-    """The OpenAI prompt, smart-truncated to fit the budget, as ids."""
+    """The OpenAI prompt, smart-truncated to fit the budget, as ids (one tokenisation when it fits)."""
     from prefopt.data.tldr import build_prompt
 
+    ids = tokenizer(post.prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_prompt_tokens:
+        return ids
     text = build_prompt(post, tokenizer, max_prompt_tokens)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

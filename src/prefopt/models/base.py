@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from prefopt.config import Config
+from prefopt.runs import is_complete, mark_complete
 
 
 def resolve_base(cfg: Config) -> str:
@@ -27,6 +28,10 @@ def resolve_base(cfg: Config) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(cached, tmp)
         tmp.rename(local)
+    if not is_complete(local):
+        from prefopt.models.tiny_base import read_marker
+
+        mark_complete(local, {"source": str(cached), **(read_marker(cached) or {})})
     return str(local)
 
 

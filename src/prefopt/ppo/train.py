@@ -309,13 +309,15 @@ def _write_samples(out_dir: Path, update: int, ro: Rollout, tok, posts, idx, n: 
 
 
 def _train_posts(cfg: Config):
-    """PPO prompts: the posts of the SFT training split (their summaries are not used)."""
+    """PPO prompts: the posts of the SFT training split (their summaries are not used). A run that sees
+    fewer episodes than there are posts loads and tokenises only the first `total_episodes` of them."""
+    limits = [n for n in (cfg.data.limit_train, cfg.ppo.total_episodes) if n]
     ex = load_sft(
         cfg.data.sft_source,
         cfg.data.train_split,
         layout=cfg.data.layout,
         on_bad_row=cfg.data.on_bad_row,
-        limit=cfg.data.limit_train,
+        limit=min(limits),
         seed=cfg.seed,
     )
     return [e.post for e in ex]
