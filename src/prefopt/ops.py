@@ -69,9 +69,14 @@ def masked_whiten(
 
 
 def _token_logprob_and_entropy(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """logits: [N, V]; tokens: [N] -> (log p(token) [N], entropy [N] or None), at least float32."""
+    """logits: [N, V]; tokens: [N] -> (log p(token) [N], entropy [N] or None), at least float32.
+    `entropy_grad=False` computes the entropy outside the autograd graph (a statistic only)."""
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         z = z / temperature
@@ -80,7 +85,8 @@ def _token_logprob_and_entropy(
     if not with_entropy:
         return logprob, None
     # H = -sum p log p = lse - sum p z, with p = softmax(z)
-    entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
     return logprob, entropy
 
 
@@ -118,6 +124,7 @@ def chunked_token_logprobs(
     chunk_size: int = 512,
     with_entropy: bool = False,
     lm_head_bias: torch.Tensor | None = None,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(tokens) (and entropy) straight from the last hidden states, a chunk of positions at a time.
 
@@ -129,6 +136,11 @@ def chunked_token_logprobs(
     the [B, T, V] logits are never materialised. When gradients are on, each chunk runs under activation
     checkpointing: the backward recomputes that chunk's logits instead of keeping every chunk's alive,
     so the backward's memory stays one chunk's worth too. Gradients flow to ``hidden`` and the weight.
+
+    ``entropy_grad=False`` returns the entropy detached, for callers that only log it. Pass it whenever
+    no gradient goes through the entropy: otherwise each chunk's recomputation also saves the entropy
+    branch's [chunk_size, V] tensors, which no backward step consumes, so they stay alive until the
+    whole backward ends and the peak grows with B x T again (2.5 GiB for 32 x 53 positions, V = 151,936).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -137,7 +149,7 @@ def chunked_token_logprobs(
 
     def one_chunk(h: torch.Tensor, weight: torch.Tensor, tok: torch.Tensor, *bias: torch.Tensor):
         logits = F.linear(h, weight, bias[0] if bias else None)
-        logprob, entropy = _token_logprob_and_entropy(logits, tok, temperature, with_entropy)
+        logprob, entropy = _token_logprob_and_entropy(logits, tok, temperature, with_entropy, entropy_grad)
         return (logprob, entropy) if with_entropy else (logprob,)
 
     needs_grad = torch.is_grad_enabled() and (

@@ -14,6 +14,15 @@ from prefopt.generate import sample_batch
 from prefopt.models.roles import reward_score
 from prefopt.ops import chunked_token_logprobs, truncate_after_eos
 
+# Positions whose logits are built at once: at most 512, and at most 64 MiB of float32 logits. With Qwen3's
+# 151,936-token head, 512 positions would be 297 MiB a copy and the backward holds ~5 copies per chunk.
+LOGPROB_CHUNK_MAX, LOGPROB_CHUNK_BYTES = 512, 64 * 2**20
+
+
+def logprob_chunk_size(vocab_size: int) -> int:
+    """Positions per chunk of `chunked_token_logprobs` for a `vocab_size`-row LM head (>= 1)."""
+    return max(1, min(LOGPROB_CHUNK_MAX, LOGPROB_CHUNK_BYTES // (4 * vocab_size)))
+
 
 @dataclass
 class Rollout:
@@ -47,12 +56,20 @@ def response_logprobs(roles, role: str, rollout: Rollout, temperature: float, wi
     """log p(response token) under `role` ("policy" or "ref"), logits divided by the temperature.
 
     The hidden state at position P-1+t predicts response token t. Log-probs are taken through the LM
-    head in chunks, so [B, R, V] float32 logits never exist at once (Qwen3: V = 151,936).
+    head in chunks (`logprob_chunk_size`), so [B, R, V] float32 logits never exist at once (Qwen3:
+    V = 151,936). The entropy is returned detached: PPO only logs it, and keeping it in the graph would
+    hold every chunk's recomputed softmax until the backward ends.
     """
     p = rollout.queries.shape[1]
     h = roles.hidden(role, rollout.sequences, rollout.sequence_mask)[:, p - 1 : -1]  # [B, R, H]
     return chunked_token_logprobs(
-        h, roles.lm_head_weight, rollout.responses, temperature, with_entropy=with_entropy
+        h,
+        roles.lm_head_weight,
+        rollout.responses,
+        temperature,
+        chunk_size=logprob_chunk_size(roles.lm_head_weight.shape[0]),
+        with_entropy=with_entropy,
+        entropy_grad=False,
     )
 
 
