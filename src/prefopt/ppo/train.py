@@ -182,15 +182,20 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
     for micro in mb_idx.split(pc.micro_batch_size):
         mb = ro.select(micro)
         mask = mb.response_mask
+        # policy and value share no trainable parameter, so (pg + vf_coef * vf).backward() equals two
+        # backward passes; doing the policy's first frees its graph before the value forward (less memory)
         logprobs, entropy = response_logprobs(roles, "policy", mb, pc.temperature, with_entropy=True)
         pg_loss, pg_stats = core.policy_loss(logprobs, mb.logprobs, advantages[micro], mask, pc.clip_range)
-        values = response_values(roles, mb)
-        vf_loss, vf_stats = core.value_loss(values, mb.values, returns[micro], mask, pc.clip_range_value)
-        loss = (pg_loss + pc.vf_coef * vf_loss) / d.ppo_grad_accum
-        if not torch.isfinite(loss):
+        if not torch.isfinite(pg_loss):
             ok = False
             break
-        loss.backward()
+        (pg_loss / d.ppo_grad_accum).backward()
+        values = response_values(roles, mb)
+        vf_loss, vf_stats = core.value_loss(values, mb.values, returns[micro], mask, pc.clip_range_value)
+        if not torch.isfinite(vf_loss):
+            ok = False
+            break
+        (pc.vf_coef * vf_loss / d.ppo_grad_accum).backward()
         for k, v in {
             "policy/loss": pg_loss,
             "value/loss": vf_loss,
