@@ -11,6 +11,7 @@ Each update:
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import resource
@@ -330,12 +331,15 @@ def _train_posts(cfg: Config):
 
 def _prompt_indices(n: int, update: int, batch: int, seed: int) -> list[int]:
     """Prompts of update u: positions [u*batch, (u+1)*batch) of a stream of per-epoch shuffles."""
-    out = []
-    for g in range(update * batch, (update + 1) * batch):
-        order = list(range(n))
-        random.Random(seed + g // n).shuffle(order)
-        out.append(order[g % n])
-    return out
+    return [_epoch_shuffle(n, seed + g // n)[g % n] for g in range(update * batch, (update + 1) * batch)]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_shuffle(n: int, seed: int) -> list[int]:
+    """One epoch's prompt order, shuffled once (not once per index: n can be ~100k real posts)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def _resume(st: Stage, roles, opt, sched, kl_ctl) -> int:
