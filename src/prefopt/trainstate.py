@@ -9,7 +9,7 @@ Two guarantees every stage loop relies on:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,37 +57,40 @@ def trainable_state(model) -> dict[str, Any]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def resume(st: Stage, model, opt, sched) -> int:
-    """Load the latest checkpoint of the stage (trainable tensors, optimizer, scheduler, RNG); return its
-    step, or 0 when there is none. A checkpoint that lacks a trainable tensor (the config changed) raises."""
+def load_latest(st: Stage, opt, sched, load_state: Callable[[dict[str, Any]], None]) -> dict | None:
+    """Restore the stage's latest checkpoint: `load_state` gets the saved trainable tensors; optimizer,
+    scheduler and RNG are restored too. Returns the checkpoint's `extra` (it holds "step"), or None."""
     ckpt = latest_checkpoint(st.ckpt_dir)
     if ckpt is None:
-        return 0
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return None
 
     def load_model(folder: Path) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(str(folder / TRAINABLE_FILE))
-        missing = trainable - set(state)
-        if missing:
-            raise RuntimeError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors (config changed?)")
-        model.load_state_dict(state, strict=False)
+        load_state(load_file(str(folder / TRAINABLE_FILE)))
 
     extra = load_checkpoint(ckpt, load_model_fn=load_model, optimizer=opt, scheduler=sched)
     st.print(f"resumed from {ckpt.name} (step {extra['step']})")
-    return int(extra["step"])
+    return extra
 
 
-def save_ckpt(st: Stage, model, opt, sched, step: int, keep_last: int) -> None:
-    """Checkpoint the trainable tensors + optimizer + scheduler at `step` (main process only)."""
+def save_state(
+    st: Stage,
+    step: int,
+    state: Callable[[], dict[str, Any]],
+    opt,
+    sched,
+    keep_last: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Checkpoint `state()` (the trainable tensors) + optimizer + scheduler + `extra` at `step`, main process only."""
     if not st.is_main:
         return
 
     def save_model(folder: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file(trainable_state(model), str(folder / TRAINABLE_FILE))
+        save_file({k: v.contiguous() for k, v in state().items()}, str(folder / TRAINABLE_FILE))
 
     save_checkpoint(
         st.ckpt_dir,
@@ -95,6 +98,28 @@ def save_ckpt(st: Stage, model, opt, sched, step: int, keep_last: int) -> None:
         save_model_fn=save_model,
         optimizer=opt,
         scheduler=sched,
-        extra={"step": step},
+        extra={"step": step, **(extra or {})},
         keep_last=keep_last,
     )
+
+
+def resume(st: Stage, model, opt, sched) -> int:
+    """Load the latest checkpoint of the stage (trainable tensors, optimizer, scheduler, RNG); return its
+    step, or 0 when there is none. A checkpoint that lacks a trainable tensor (the config changed) raises."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def load_into_model(state: dict[str, Any]) -> None:
+        missing = trainable - set(state)
+        if missing:
+            raise RuntimeError(
+                f"{st.ckpt_dir}: checkpoint lacks {len(missing)} trainable tensors (config changed?)"
+            )
+        model.load_state_dict(state, strict=False)
+
+    extra = load_latest(st, opt, sched, load_into_model)
+    return 0 if extra is None else int(extra["step"])
+
+
+def save_ckpt(st: Stage, model, opt, sched, step: int, keep_last: int) -> None:
+    """Checkpoint the trainable tensors + optimizer + scheduler at `step` (main process only)."""
+    save_state(st, step, lambda: trainable_state(model), opt, sched, keep_last)

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from prefopt.batching import collate_left, prompt_ids
-from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.config import Config, derive
 from prefopt.data.load import load_sft
 from prefopt.models.load import load_tokenizer
@@ -32,6 +31,7 @@ from prefopt.ppo import core
 from prefopt.ppo.rollout import Rollout, collect, response_logprobs, response_values
 from prefopt.stage import Stage, open_stage
 from prefopt.tracking import Tracker, progress
+from prefopt.trainstate import load_latest, save_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -343,39 +343,15 @@ def _epoch_shuffle(n: int, seed: int) -> list[int]:
 
 
 def _resume(st: Stage, roles, opt, sched, kl_ctl) -> int:
-    ckpt = latest_checkpoint(st.ckpt_dir)
-    if ckpt is None:
+    """The latest checkpoint's trainable roles, optimizer, scheduler, RNG and KL controller; its update."""
+    extra = load_latest(st, opt, sched, roles.load_trainable_state)
+    if extra is None:
         return 0
-
-    def load_model(folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        roles.load_trainable_state(load_file(str(folder / "trainable.safetensors")))
-
-    extra = load_checkpoint(ckpt, load_model_fn=load_model, optimizer=opt, scheduler=sched)
     kl_ctl.load_state_dict(extra["kl_ctl"])
-    st.print(f"resumed from {ckpt.name} (update {extra['update']})")
-    return int(extra["update"])
+    return int(extra["step"])
 
 
 def _save_ckpt(st: Stage, roles, opt, sched, kl_ctl, update: int) -> None:
-    if not st.is_main:
-        return
-
-    def save_model(folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file(
-            {k: v.contiguous() for k, v in roles.trainable_state().items()},
-            str(folder / "trainable.safetensors"),
-        )
-
-    save_checkpoint(
-        st.ckpt_dir,
-        update,
-        save_model_fn=save_model,
-        optimizer=opt,
-        scheduler=sched,
-        extra={"update": update, "kl_ctl": kl_ctl.state_dict()},
-        keep_last=st.cfg.ppo.keep_last,
+    save_state(
+        st, update, roles.trainable_state, opt, sched, st.cfg.ppo.keep_last, {"kl_ctl": kl_ctl.state_dict()}
     )
