@@ -43,6 +43,18 @@ class Rollout:
     def select(self, idx: torch.Tensor) -> Rollout:
         return Rollout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
+    def without_pad_columns(self) -> Rollout:
+        """The same rows without the prompt columns that are padding in every row. Positions count real
+        tokens only, so every output is unchanged; a micro-batch of short prompts just runs shorter."""
+        first = int(self.query_mask.any(dim=0).nonzero()[0])
+        if first == 0:
+            return self
+        return Rollout(**{
+            f.name: getattr(self, f.name)[:, first:] if f.name in ("queries", "query_mask")
+            else getattr(self, f.name)
+            for f in fields(self)
+        })  # fmt: skip
+
     @property
     def sequences(self) -> torch.Tensor:
         return torch.cat([self.queries, self.responses], dim=1)

@@ -180,8 +180,11 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
     """One optimizer step over a minibatch, accumulated over micro-batches. Skipped if non-finite."""
     stats: dict[str, float] = {}
     ok = True
+    # the gradient is a sum over micro-batches, so grouping prompts of similar length changes nothing
+    # but the padding each micro-batch carries (the harness workload: 17% of positions were padding)
+    mb_idx = mb_idx[torch.argsort(ro.query_mask[mb_idx].sum(1), stable=True)]
     for micro in mb_idx.split(pc.micro_batch_size):
-        mb = ro.select(micro)
+        mb = ro.select(micro).without_pad_columns()
         mask = mb.response_mask
         # policy and value share no trainable parameter, so (pg + vf_coef * vf).backward() equals two
         # backward passes; doing the policy's first frees its graph before the value forward (less memory)

@@ -1,0 +1,61 @@
+"""Rollout.without_pad_columns: a micro-batch without its all-padding prompt columns gives the same
+log-probs and values (positions count real tokens only), and is narrower."""
+
+import copy
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from prefopt.models.roles import SeparateRoles
+from prefopt.ppo.rollout import Rollout, response_logprobs, response_values
+
+PAD = 0
+
+
+def _roles() -> SeparateRoles:
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=64, pad_token_id=PAD,
+    )  # fmt: skip
+    lm = Qwen3ForCausalLM(cfg).eval()
+    value, reward = copy.deepcopy(lm.model), copy.deepcopy(lm.model)
+    heads = [torch.nn.Linear(32, 1) for _ in range(2)]
+    return SeparateRoles(lm, copy.deepcopy(lm), value, heads[0], reward, heads[1], 0.0)
+
+
+def _rollout(prompt_lengths: list[int], width: int, r: int = 5) -> Rollout:
+    g = torch.Generator().manual_seed(1)
+    b = len(prompt_lengths)
+    queries = torch.full((b, width), PAD)
+    qmask = torch.zeros(b, width, dtype=torch.long)
+    for i, n in enumerate(prompt_lengths):  # left padding
+        queries[i, width - n :] = torch.randint(1, 50, (n,), generator=g)
+        qmask[i, width - n :] = 1
+    responses = torch.randint(1, 50, (b, r), generator=g)
+    rmask = torch.ones(b, r, dtype=torch.bool)
+    rmask[0, 3:] = False
+    zeros = torch.zeros(b, r)
+    return Rollout(
+        queries, qmask, responses, rmask, zeros, zeros, zeros, zeros[:, 0], zeros[:, 0], rmask[:, -1]
+    )
+
+
+def test_trimmed_micro_batch_gives_the_same_logprobs_and_values():
+    roles = _roles()
+    ro = _rollout([4, 6, 3], width=11)  # 5 columns are padding in every row
+    trimmed = ro.without_pad_columns()
+    assert trimmed.queries.shape == (3, 6) and trimmed.responses.shape == ro.responses.shape
+    with torch.no_grad():
+        lp_full, ent_full = response_logprobs(roles, "policy", ro, 0.7, with_entropy=True)
+        lp_trim, ent_trim = response_logprobs(roles, "policy", trimmed, 0.7, with_entropy=True)
+        torch.testing.assert_close(lp_trim, lp_full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent_trim, ent_full, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            response_values(roles, trimmed), response_values(roles, ro), atol=1e-5, rtol=0
+        )
+
+
+def test_without_pad_columns_keeps_a_full_width_batch():
+    ro = _rollout([4, 6], width=6)
+    assert ro.without_pad_columns() is ro
