@@ -1,6 +1,6 @@
 """prefopt vs TRL on the peer harness's workload, interleaved A/B/A/B, with medians, spreads and ratios.
 
-    .venv/bin/python bench/ab.py --rounds 3                      # sft, reward, ppo, ppo_lora
+    .venv/bin/python bench/ab.py --rounds 3            # sft, reward, ppo_mb4, ppo_lora_mb4, ppo
     .venv/bin/python bench/ab.py --rounds 1 --only sft reward
     .venv/bin/python bench/ab.py --summarize /tmp/prefopt_ab_X.jsonl   # tables of an earlier session
 
@@ -64,9 +64,20 @@ COMPARISONS = {
             "ppo_lora", "ppo", ("ppo", "bench_ppo.py"), "ppo_lora_prefopt",
             ("--stage", "ppo", "--ppo-epochs", "4", "--lora"), "episodes_per_s", 2.0, 0.6,
         ),
+        # the same 16-episode minibatch and optimizer step, accumulated over 4 micro-batches of 4 rows
+        # (grouped by prompt length): identical gradients, a quarter of the live activations
+        Comparison(
+            "ppo_mb4", "ppo", ("ppo", "bench_ppo.py"), "ppo_prefopt_mb4",
+            ("--stage", "ppo", "--ppo-epochs", "4", "--micro-batch", "4"), "episodes_per_s", 2.0, 0.6,
+        ),
+        Comparison(
+            "ppo_lora_mb4", "ppo", ("ppo", "bench_ppo.py"), "ppo_lora_prefopt_mb4",
+            ("--stage", "ppo", "--ppo-epochs", "4", "--lora", "--micro-batch", "4"), "episodes_per_s", 2.0,
+            0.6,
+        ),
     )
 }  # fmt: skip
-DEFAULT = ("sft", "reward", "ppo", "ppo_lora")
+DEFAULT = ("sft", "reward", "ppo_mb4", "ppo_lora_mb4", "ppo")
 VENVS = {
     "main": os.environ.get("PEER_VENV", "/tmp/peer_venv"),
     "ppo": os.environ.get("PEER_VENV_PPO", "/tmp/peer_venv_ppo"),

@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 GIB = 2**30
 ACT_PER_BYTE = 35  # A = 35 x b bytes per (layer, token, hidden unit); see the module docstring
-LOGPROB_CHUNK = 512  # ops.chunked_token_logprobs' chunk_size, as PPO calls it
 SFT_SAMPLE_BATCH = 32  # generate.sample's batch_size, as the SFT stage's greedy samples use it
 STAGES = ("sft", "reward", "ppo")
 
@@ -182,7 +181,9 @@ def ppo_memory(cfg: Config, s: Shape, trainable: int, gpus: int = 1) -> StageMem
         weights = (4 * s.params + heads) * b  # policy, reference, value, reward
         n_trainable = 2 * s.params + s.hidden + 1
     tokens = 2 * p.micro_batch_size * (prompt + p.response_length)
-    chunk = min(LOGPROB_CHUNK, p.micro_batch_size * p.response_length)
+    from prefopt.ppo.rollout import logprob_chunk_size  # the chunk PPO really uses (bounded in bytes)
+
+    chunk = min(logprob_chunk_size(s.vocab), p.micro_batch_size * p.response_length)
     gen_batch = min(p.rollout_batch_size // gpus, p.generation_batch_size)
     return StageMemory(
         "ppo",

@@ -103,7 +103,7 @@ def test_ppo_shared_base_and_four_models_by_hand(shape_06b):
     assert shared.weights == (p + 3 * t + heads) * 2  # one base, three adapters, value + reward heads
     assert shared.state == (2 * t + 1025) * (2 + 8 + 4 + 2)  # + DDP gradient buckets on 2 GPUs
     assert shared.activations == 2 * 16 * (512 + 53) * 28 * 1024 * 70  # policy and value graphs
-    assert shared.logits == 512 * 151_936 * (2 + 12)  # one 512-position chunk of the 848 response tokens
+    assert shared.logits == 110 * 151_936 * (2 + 12)  # one chunk: 110 positions = 64 MiB / (4 x 151,936)
     rollout = 64 // 2
     kv = 2 * 28 * 1024 * (512 + 53) * rollout * 2
     assert shared.generation == kv + rollout * 512 * 13_312 * 2 + rollout * 151_936 * 10
