@@ -51,7 +51,7 @@ def bench_name(stage: str, lora: bool, ppo_epochs: int) -> str:
     return base + ("_lora" if lora else "") + "_prefopt"
 
 
-def base_config(name: str, art: Path, lora: bool) -> dict:
+def base_config(name: str, art: Path, lora: bool, bf16: bool = False) -> dict:
     peft = dict(prep.LORA) if lora else {"method": "none"}
     return {
         "name": name,
@@ -61,6 +61,10 @@ def base_config(name: str, art: Path, lora: bool) -> dict:
             "name_or_path": str(art / "model"),
             "tokenizer": str(art / "tokenizer"),
             "dtype": "float32",
+            # fp32 arithmetic. NB: TRL's SFT/Reward/PPO configs default to bf16=True, which autocasts to
+            # bf16 on this CPU (AMX): the TRL side runs bf16 matmuls. `--bf16` matches it (see
+            # docs/performance.md for both)
+            "mixed_precision": "bf16" if bf16 else "no",
             "gradient_checkpointing": False,
         },
         "data": {"max_prompt_tokens": 512, "max_summary_tokens": 53},
@@ -69,7 +73,7 @@ def base_config(name: str, art: Path, lora: bool) -> dict:
 
 
 def sft_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora)
+    cfg = base_config(a.name, art, a.lora, a.bf16)
     cfg["data"] |= {"sft_source": str(art / "data" / "sft.jsonl"), "limit_train": 512, "limit_eval": 16}
     cfg["sft"] = {
         "epochs": 1.0,
@@ -84,7 +88,7 @@ def sft_config(a, art: Path, prepared: Path) -> dict:
 
 
 def reward_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora)
+    cfg = base_config(a.name, art, a.lora, a.bf16)
     cfg["data"] |= {
         "comparisons_source": str(prepared / "data" / "prefs"),
         "sft_source": str(art / "data" / "sft.jsonl"),
@@ -104,7 +108,7 @@ def reward_config(a, art: Path, prepared: Path) -> dict:
 
 
 def ppo_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora)
+    cfg = base_config(a.name, art, a.lora, a.bf16)
     cfg["data"] |= {"sft_source": str(prepared / "data" / "ppo_prompts.jsonl"), "limit_train": a.episodes}
     cfg["ppo"] = {
         "total_episodes": a.episodes,
@@ -371,9 +375,12 @@ def main() -> None:
         default=16,
         help="PPO rows per forward/backward (16 = TRL's; 8 = accumulate 2)",
     )
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as TRL's default bf16=True does")
     a = ap.parse_args()
-    a.name = bench_name(a.stage, a.lora, a.ppo_epochs) + (
-        f"_mb{a.micro_batch}" if a.micro_batch != 16 else ""
+    a.name = (
+        bench_name(a.stage, a.lora, a.ppo_epochs)
+        + (f"_mb{a.micro_batch}" if a.micro_batch != 16 else "")
+        + ("_bf16" if a.bf16 else "")
     )
 
     # the prepared folder is built in a child process: its memory never reaches this ru_maxrss

@@ -35,6 +35,9 @@ class ModelConfig(_Section):
     """Override the tokenizer's EOS (Qwen3-Base ends text with `<|endoftext|>`)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: `auto` = bf16 on GPU, fp32 on CPU."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast for every stage's forward passes: `auto` = bf16 on GPU, none on CPU. (TRL's configs
+    default to `bf16=True`, which autocasts even on CPU; set `bf16` to compare like for like.)"""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~25% slower."""
     tiny_pretrain_steps: int = Field(300, gt=0)

@@ -14,7 +14,17 @@ def make_accelerator(mixed_precision: str | None = None):
 
     if mixed_precision is None:
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=mixed_precision)
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError:
+        # accelerate's state is a process-wide singleton: in ONE process (tests, notebooks) a later stage
+        # may ask for another precision; start afresh. Launched processes keep the error.
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision=mixed_precision)
 
 
 def seed_everything(seed: int) -> None:

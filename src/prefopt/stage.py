@@ -50,7 +50,8 @@ def open_stage(cfg: Config, name: str, accelerator=None) -> Iterator[Stage]:
     """Create `<run>/<name>/`, lock it (main process), record the resolved config, seed per rank."""
     from prefopt.dist import make_accelerator, seed_everything
 
-    acc = accelerator or make_accelerator()
+    mp = cfg.model.mixed_precision
+    acc = accelerator or make_accelerator(None if mp == "auto" else mp)
     folder = stage_dir(cfg.run_dir, name)
     seed_everything(cfg.seed + acc.process_index)
     lock = RunLock(folder) if acc.is_main_process else contextlib.nullcontext()

@@ -130,3 +130,27 @@ def test_ppo_two_processes_under_accelerate(tiny_cfg, tmp_path, accelerate_launc
     assert is_complete(out) and (out / "model" / "adapter_config.json").is_file()
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]  # logged once, by the main process
+
+
+def test_ppo_under_bf16_autocast_on_cpu(tiny_cfg, monkeypatch):
+    """model.mixed_precision=bf16 autocasts rollout and update forwards (as TRL's bf16=True does on CPU);
+    the first minibatch still reproduces the rollout's log-probs to bf16 precision."""
+    import prefopt.ppo.rollout as rollout
+
+    cfg = tiny_cfg("model.mixed_precision=bf16", "ppo.temperature=0.7")
+    _prepare(cfg)
+    seen, original = [], rollout.response_logprobs
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "response_logprobs", spy)
+    monkeypatch.setattr(ppo_train, "response_logprobs", spy)
+    out = ppo_train.train(cfg)
+    assert seen and all(seen)  # every log-prob forward ran under bf16 autocast
+    rows = list(read_metrics(out / "metrics.jsonl"))
+    assert len(rows) == 2
+    for r in rows:
+        assert r["first/ratio_mean"] == pytest.approx(1.0, abs=2e-2)
+        assert all(v == v for v in r.values() if isinstance(v, float))  # no NaN

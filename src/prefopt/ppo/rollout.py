@@ -129,7 +129,7 @@ def collect(
         parts["values"].append(response_values(roles, chunk))
         parts["raw_scores"].append(reward_score(roles, chunk.sequences, chunk.sequence_mask))
     for name, tensors in parts.items():
-        setattr(ro, name, torch.cat(tensors))
+        setattr(ro, name, torch.cat(tensors).float())  # fp32 whatever the autocast
     ro.scores = ro.raw_scores.clone()
     if missing_eos_score is not None:
         ro.scores[~has_eos] = missing_eos_score

@@ -85,18 +85,19 @@ def train(cfg: Config, accelerator=None) -> Path:
                 k: v.to(acc.device)
                 for k, v in collate_left([prompts[i] for i in idx], tok.pad_token_id).items()
             }
-            ro = collect(
-                roles,
-                q["input_ids"],
-                q["attention_mask"],
-                response_length=pc.response_length,
-                temperature=pc.temperature,
-                eos_id=tok.eos_token_id,
-                pad_id=tok.pad_token_id,
-                missing_eos_score=pc.missing_eos_score,
-                forward_batch=pc.micro_batch_size,
-                generation_batch=pc.generation_batch_size,
-            )
+            with acc.autocast():  # the configured mixed precision (prepare() is not used for the roles)
+                ro = collect(
+                    roles,
+                    q["input_ids"],
+                    q["attention_mask"],
+                    response_length=pc.response_length,
+                    temperature=pc.temperature,
+                    eos_id=tok.eos_token_id,
+                    pad_id=tok.pad_token_id,
+                    missing_eos_score=pc.missing_eos_score,
+                    forward_batch=pc.micro_batch_size,
+                    generation_batch=pc.generation_batch_size,
+                )
             t_rollout = time.time() - t0
 
             # 3. per-token rewards: -beta * KL everywhere, the score at the last real token
@@ -112,7 +113,10 @@ def train(cfg: Config, accelerator=None) -> Path:
             advantages = masked_whiten(advantages, mask)
 
             # 5. PPO epochs over minibatches (same shuffle on every rank)
-            stats, bad = _optimise(roles, ro, advantages, returns, opt, params, pc, d, acc, update, cfg.seed)
+            with acc.autocast():
+                stats, bad = _optimise(
+                    roles, ro, advantages, returns, opt, params, pc, d, acc, update, cfg.seed
+                )
             bad_in_row = bad_in_row + 1 if bad else 0
             if bad_in_row >= pc.max_bad_updates:
                 raise TrainingDiverged(
