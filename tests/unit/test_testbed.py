@@ -268,3 +268,16 @@ def test_report_runs(capsys):
     tb._report(300)  # the timing of 20k is printed by `python -m prefopt.data.testbed`, not asserted
     out = capsys.readouterr().out
     assert "labeler agreement" in out and "noise ceiling" in out and "vocabulary" in out
+
+
+def test_feeling_and_question_follow_the_event_at_the_stated_rate(sft):
+    """A post keeps its event's usual (feeling, question) with P = TYPICAL_SHARE, else draws uniformly."""
+    from prefopt.data.testbed_text import EVENTS, FEELINGS, QUESTIONS, TYPICAL
+
+    facts = [tb.facts_of(e.post) for e in sft]
+    typical_feel = sum(f.feeling == TYPICAL[f.event][0] for f in facts) / len(facts)
+    typical_q = sum(f.question == TYPICAL[f.event][1] for f in facts) / len(facts)
+    share = tb.TYPICAL_SHARE
+    assert typical_feel == pytest.approx(share + (1 - share) / len(FEELINGS), abs=0.02)
+    assert typical_q == pytest.approx(share + (1 - share) / len(QUESTIONS), abs=0.02)
+    assert set(TYPICAL) == set(EVENTS)  # every event has its pair

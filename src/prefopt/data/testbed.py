@@ -45,6 +45,7 @@ from prefopt.data.testbed_text import (
     RELATIONS,
     SUBREDDITS,
     TITLES,
+    TYPICAL,
     YEARS,
     strip_marks,
 )
@@ -87,6 +88,7 @@ __all__ = [
 SPLIT_OFFSETS = {"train": 0, "valid": 10_000_000, "test": 20_000_000}
 CORPUS_OFFSET = 30_000_000
 DEFAULT_SIZES = {"train": 20_000, "valid": 1_000, "test": 1_000}
+TYPICAL_SHARE = 0.9  # P(a post keeps its event's usual feeling / question), see testbed_text.TYPICAL
 TAU = 0.144  # Bradley-Terry temperature on the gold scale (tuned: two labelers agree ~0.75)
 
 _ID = re.compile(r"^tb-(\d+)-(\d+)$")
@@ -135,15 +137,18 @@ def _draw_facts(rng: random.Random) -> Facts:
     other_gender = rel.gender or rng.choice("mf")
     writer_gender = rng.choice("mf")
     writer_age = rng.randint(18, 38)
+    other_age = _other_age(rng, relation, writer_age)
+    event = rng.choice(_EVENTS_BY_GROUP[rel.group])
+    feel, question = TYPICAL[event]  # the event's usual feeling and question, kept most of the time
     return Facts(
         relation=relation,
-        other_age=_other_age(rng, relation, writer_age),
+        other_age=other_age,
         other_gender=other_gender,
         writer_age=writer_age,
         writer_gender=writer_gender,
-        event=rng.choice(_EVENTS_BY_GROUP[rel.group]),
-        feeling=rng.choice(_FEEL_KEYS),
-        question=rng.choice(_Q_KEYS),
+        event=event,
+        feeling=feel if rng.random() < TYPICAL_SHARE else rng.choice(_FEEL_KEYS),
+        question=question if rng.random() < TYPICAL_SHARE else rng.choice(_Q_KEYS),
         subreddit=rng.choice(SUBREDDITS[rel.group]),
     )
 

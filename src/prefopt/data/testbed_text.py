@@ -294,6 +294,34 @@ QUESTIONS: dict[str, Question] = {
     "trust": Question(("how do i trust {him} again?", "can i ever trust {him} again?"), (("trust",),)),
 }
 
+# What a poster usually feels and asks after each event: event -> (feeling, question). A post keeps its
+# event's pair with probability `TYPICAL_SHARE` (testbed.py) and draws them at random otherwise, so the
+# feeling and question are *read* in most posts and can also be *inferred* from the event. The tiny
+# testbed base cannot copy an arbitrary word from its context (measured: it gave a post's feeling word
+# p = 0.05 right after that word's own 4-word context; random words repeated verbatim, p = 0.002, even
+# after 2,250 steps on text with 19% repeats), so without this link it could never learn which question
+# a post asks, and PPO could not learn to add the right one.
+TYPICAL: dict[str, tuple[str, str]] = {
+    "lied_job": ("betrayed", "trust"),
+    "phone": ("angry", "confront"),
+    "birthday": ("hurt", "bring_up"),
+    "money": ("frustrated", "confront"),
+    "secret": ("betrayed", "forgive"),
+    "plans": ("disappointed", "end_things"),
+    "yelled": ("embarrassed", "confront"),
+    "ignoring": ("confused", "bring_up"),
+    "moved_out": ("sad", "move_on"),
+    "credit": ("angry", "confront"),
+    "weight": ("embarrassed", "overreacting"),
+    "graduation": ("hurt", "overreacting"),
+    "car": ("frustrated", "red_flag"),
+    "ex": ("jealous", "red_flag"),
+    "guitar": ("angry", "forgive"),
+    "wedding": ("hurt", "overreacting"),
+    "diary": ("embarrassed", "trust"),
+    "blamed": ("frustrated", "apologize"),
+}
+
 SUBREDDITS: dict[str, tuple[str, ...]] = {
     "partner": ("relationships", "relationship_advice", "dating_advice"),
     "family": ("family", "relationship_advice", "offmychest"),

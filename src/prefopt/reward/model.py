@@ -40,13 +40,18 @@ def build_reward_model(sft_model_dir: Path, tokenizer, peft_cfg: PeftConfig, *, 
             "(its trunk is the SFT policy merged, and PPO shares it through LoRA or full copies)"
         )
     causal = load_merged_policy(Path(sft_model_dir), tokenizer, dtype=dtype, device=device)
+    wrapper = None
     if peft_cfg.method == "none":
         for p in causal.parameters():
             p.requires_grad_(True)
-        return ScalarHeadModel(causal), None
-    lora_cfg = peft_cfg.model_copy(update={"method": "lora", "dropout": 0.0})
-    wrapper = apply_peft(causal, lora_cfg)  # LoRA injected in place into causal.model; base frozen
-    return ScalarHeadModel(causal), wrapper  # the head's trunk = causal.model, LoRA layers included
+    else:
+        lora_cfg = peft_cfg.model_copy(update={"method": "lora", "dropout": 0.0})
+        wrapper = apply_peft(causal, lora_cfg)  # LoRA injected in place into causal.model; base frozen
+    model = ScalarHeadModel(causal)  # the head's trunk = causal.model (LoRA layers included)
+    # Bradley-Terry sees only r_c - r_r, so the head's own bias has zero gradient in exact arithmetic;
+    # in float it gets rounding noise that Adam would scale up to full lr-sized steps. Frozen, it stays 0.
+    model.head.bias.requires_grad_(False)
+    return model, wrapper
 
 
 def save_reward_model(

@@ -30,6 +30,8 @@ from prefopt.stage import Stage, open_stage
 from prefopt.tracking import Tracker, progress
 from prefopt.trainstate import local_microbatches, resume, save_ckpt
 
+FACT_WARN = 0.8  # per-fact accuracy of SFT samples below which the stage warns (testbed only)
+
 
 def train(cfg: Config, accelerator=None) -> Path:
     """Run (or resume) the SFT stage; returns `<run>/sft`."""
@@ -203,11 +205,12 @@ def sample_and_score(model, tok, examples, cfg: Config, out_dir: Path) -> dict[s
         metrics |= fact_accuracy(posts, texts)
         for row, a, b in zip(rows, g_s, g_r, strict=True):
             row |= {"gold_sample": a, "gold_reference": b}
-        if metrics["samples/gold"] < metrics["samples/gold_reference"]:
+        facts = {k[13:]: v for k, v in metrics.items() if k.startswith("samples/fact_")}
+        weak = {k: v for k, v in facts.items() if v < FACT_WARN and k != "question"}
+        if weak:  # the question is left out by most references: adding it is RLHF's job, not SFT's
             warnings.warn(
-                f"SFT samples score below the references on gold ({metrics['samples/gold']:.2f} < "
-                f"{metrics['samples/gold_reference']:.2f}): the policy has not learned to copy the facts "
-                f"(per-fact accuracy: {', '.join(f'{k[13:]}={v:.2f}' for k, v in metrics.items() if k.startswith('samples/fact_'))}). "
+                f"SFT samples get facts of the post wrong ({', '.join(f'{k}={v:.2f}' for k, v in weak.items())}; "
+                f"gold {metrics['samples/gold']:.2f} vs references {metrics['samples/gold_reference']:.2f}). "
                 "A reward model built on this trunk will reward the look of a summary; train SFT longer.",
                 stacklevel=2,
             )
