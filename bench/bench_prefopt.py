@@ -149,11 +149,16 @@ class Batches:
     def wrap(self, collate):
         def counted(*args, **kwargs):
             batch = collate(*args, **kwargs)
-            if self.clock.running:
+            if self.clock.running and batch is not None:
                 ids, mask = batch["input_ids"], batch["attention_mask"]
                 labels = batch.get("labels")
                 loss = int((labels != -100).sum()) if labels is not None else None
-                self.rows.append((int(ids.shape[0]), int(mask.sum()), int(ids.numel()), loss))
+                if "completion_ids" in batch:  # prompts once + k completions each: count the k*B sequences'
+                    comp, k = batch["completion_mask"], batch["completion_ids"].shape[0] // ids.shape[0]
+                    real = int(comp.sum()) + k * int(mask.sum())  # real tokens, as if scored in full
+                    self.rows.append((int(comp.shape[0]), real, int(ids.numel() + comp.numel()), loss))
+                else:
+                    self.rows.append((int(ids.shape[0]), int(mask.sum()), int(ids.numel()), loss))
             return batch
 
         return counted
@@ -206,6 +211,7 @@ def run_reward(a, common, clock, art, prepared) -> dict:
     clock.install(stage)
     batches = Batches(clock)
     stage.collate_pairs = batches.wrap(stage.collate_pairs)
+    stage.collate_shared_prompt = batches.wrap(stage.collate_shared_prompt)
     heads, build = head_weights(prepared), stage.build_reward_model
 
     def build_with_harness_head(*args, **kwargs):

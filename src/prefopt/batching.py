@@ -148,6 +148,32 @@ def collate_pairs(
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def collate_shared_prompt(
+    pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int
+) -> dict[str, torch.Tensor] | None:
+    """Each pair's prompt ONCE (left-padded [B, P]) and its chosen and rejected completions as rows
+    2i, 2i+1 of a right-padded [2B, S] batch, for `ScalarHeadModel`'s shared-prompt forward.
+    None when some pair's two prompts differ (then use `collate_pairs`)."""
+    if any(c.prompt != r.prompt for c, r in pairs):
+        return None
+    prompts = [c.prompt for c, _ in pairs]
+    comps = [x.completion for pair in pairs for x in pair]
+    p, s = max(map(len, prompts)), max(map(len, comps))
+    out = {
+        "input_ids": torch.full((len(prompts), p), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(prompts), p), dtype=torch.long),
+        "completion_ids": torch.full((len(comps), s), pad_id, dtype=torch.long),
+        "completion_mask": torch.zeros((len(comps), s), dtype=torch.long),
+    }
+    for row, ids in enumerate(prompts):
+        out["input_ids"][row, p - len(ids) :] = torch.tensor(ids)
+        out["attention_mask"][row, p - len(ids) :] = 1
+    for row, ids in enumerate(comps):
+        out["completion_ids"][row, : len(ids)] = torch.tensor(ids)
+        out["completion_mask"][row, : len(ids)] = 1
+    return out
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row sees the same positions as unpadded."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from prefopt.batching import TokenizedPair, collate_left, collate_pairs
+from prefopt.batching import TokenizedPair, collate_left, collate_pairs, collate_shared_prompt
 from prefopt.data import testbed
 from prefopt.data.types import Comparison, Post
 from prefopt.models.heads import ScalarHeadModel
@@ -200,3 +200,26 @@ def test_split_by_post_keeps_each_post_on_one_side():
     assert 0.15 < len(valid) / 600 < 0.35
     assert split_by_post(rows, 0.25, seed=0) == (train, valid)  # deterministic
     assert split_by_post(rows, 0.25, seed=1) != (train, valid)
+
+
+def test_shared_prompt_forward_equals_scoring_each_sequence_in_full():
+    """Prompt once + both summaries on its KV cache: same rewards and same gradients as two full rows."""
+    pairs = _pairs(seed=3, n=4)
+    shared = collate_shared_prompt(pairs, PAD)
+    assert shared["input_ids"].shape[0] == 4 and shared["completion_ids"].shape[0] == 8
+    grads = []
+    for batch in (collate_pairs(pairs, PAD), shared):
+        model = _tiny_rm(seed=1)
+        r_c, r_r = pair_rewards(model, batch)
+        bradley_terry_loss(r_c, r_r).mean().backward()
+        grads.append((r_c.detach(), r_r.detach(), [p.grad.clone() for p in model.trunk.parameters()]))
+    (c1, r1, g1), (c2, r2, g2) = grads
+    torch.testing.assert_close(c2, c1, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r2, r1, atol=1e-5, rtol=0)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_collate_declines_pairs_with_different_prompts():
+    (c, r), *rest = _pairs(n=2)
+    assert collate_shared_prompt([(c, TokenizedPair(c.prompt + [5], r.completion)), *rest], PAD) is None

@@ -66,16 +66,48 @@ class ScalarHeadModel(nn.Module):
         self.head.to(device)
         self.bias = self.bias.to(device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask [B, T] -> per-token values [B, T] (fp32, bias NOT subtracted)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_ids: torch.Tensor | None = None,
+        completion_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, attention_mask [B, T] -> per-token values [B, T] (fp32, bias NOT subtracted).
+
+        With `completion_ids` [k*B, S] (right-padded; rows k*i .. k*i+k-1 continue prompt i), the
+        left-padded prompts `input_ids` are run ONCE and every completion continues from their KV
+        cache: returns values over the completion positions [k*B, S]. Gradients flow through the
+        shared cache, so this equals scoring each prompt + completion in full, at a fraction of the
+        cost when prompts are long (TL;DR: ~200 prompt tokens, ~25 summary tokens)."""
+        if completion_ids is None:
+            out = self.trunk(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask),
+                use_cache=False,
+            )
+            return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
+        from prefopt.generate import _cache_kwarg, _cache_of
+
+        k = completion_ids.shape[0] // input_ids.shape[0]
         out = self.trunk(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions_from_mask(attention_mask),
-            use_cache=False,
+            use_cache=True,
         )
-        hidden = out.last_hidden_state  # [B, T, H]
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        cache = _cache_of(out)
+        cache.batch_repeat_interleave(k)  # differentiable: each prompt's keys/values serve k completions
+        mask = torch.cat([attention_mask.repeat_interleave(k, 0), completion_mask], dim=1)
+        out = self.trunk(
+            input_ids=completion_ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask)[:, input_ids.shape[1] :],
+            use_cache=True,
+            **{_cache_kwarg(self.trunk): cache},
+        )
+        return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> [B]: value at each row's last real token, minus `bias`."""

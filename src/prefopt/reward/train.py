@@ -26,6 +26,7 @@ from prefopt.batching import (
     TokenizedPair,
     collate_pairs,
     collate_sft,
+    collate_shared_prompt,
     completion_ids,
     prompt_ids,
     tokenize_comparisons,
@@ -96,7 +97,8 @@ def train(cfg: Config, accelerator=None) -> Path:
             )
             n_local = sum(len(mb) for mb in batches)
             for i, mb in enumerate(batches):
-                batch = {k: v.to(acc.device) for k, v in collate_pairs(mb, tok.pad_token_id).items()}
+                batch = collate_shared_prompt(mb, tok.pad_token_id) or collate_pairs(mb, tok.pad_token_id)
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
                 ctx = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
                 with ctx:
                     r_c, r_r = pair_rewards(model, batch)
@@ -186,7 +188,16 @@ def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     """Score a `collate_pairs` batch (chosen rows, then rejected rows: [2B, T]) in ONE forward pass;
     returns (r_chosen [B], r_rejected [B]), read at each row's last real token (its EOS).
 
+    A `collate_shared_prompt` batch (prompts once, completions interleaved chosen/rejected) runs each
+    prompt once and both summaries on its cache: the same rewards for about half the compute.
+
     Goes through `model(...)` (not `.score`) so a DDP-wrapped model syncs its gradients."""
+    if "completion_ids" in batch:
+        values = model(
+            batch["input_ids"], batch["attention_mask"], batch["completion_ids"], batch["completion_mask"]
+        )
+        rewards = values.gather(1, last_real_index(batch["completion_mask"])[:, None]).squeeze(1)  # [2B]
+        return rewards[0::2], rewards[1::2]
     values = model(batch["input_ids"], batch["attention_mask"])  # [2B, T]
     idx = last_real_index(batch["attention_mask"])  # [2B]
     rewards = values.gather(1, idx[:, None]).squeeze(1)  # [2B]
