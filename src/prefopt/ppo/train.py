@@ -113,10 +113,7 @@ def train(cfg: Config, accelerator=None) -> Path:
             advantages = masked_whiten(advantages, mask)
 
             # 5. PPO epochs over minibatches (same shuffle on every rank)
-            with acc.autocast():
-                stats, bad = _optimise(
-                    roles, ro, advantages, returns, opt, params, pc, d, acc, update, cfg.seed
-                )
+            stats, bad = _optimise(roles, ro, advantages, returns, opt, params, pc, d, acc, update, cfg.seed)
             bad_in_row = bad_in_row + 1 if bad else 0
             if bad_in_row >= pc.max_bad_updates:
                 raise TrainingDiverged(
@@ -192,13 +189,17 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
         mask = mb.response_mask
         # policy and value share no trainable parameter, so (pg + vf_coef * vf).backward() equals two
         # backward passes; doing the policy's first frees its graph before the value forward (less memory)
-        logprobs, entropy = response_logprobs(roles, "policy", mb, pc.temperature, with_entropy=True)
+        # autocast around the forwards only: its cache of cast weights lives until the context exits,
+        # so a context spanning opt.step() would feed later forwards stale weights
+        with acc.autocast():
+            logprobs, entropy = response_logprobs(roles, "policy", mb, pc.temperature, with_entropy=True)
         pg_loss, pg_stats = core.policy_loss(logprobs, mb.logprobs, advantages[micro], mask, pc.clip_range)
         if not torch.isfinite(pg_loss):
             ok = False
             break
         (pg_loss / d.ppo_grad_accum).backward()
-        values = response_values(roles, mb)
+        with acc.autocast():
+            values = response_values(roles, mb)
         vf_loss, vf_stats = core.value_loss(values, mb.values, returns[micro], mask, pc.clip_range_value)
         if not torch.isfinite(vf_loss):
             ok = False
