@@ -138,12 +138,18 @@ def collate_pairs(
     pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int
 ) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows in ONE right-padded batch of 2B (one forward pass scores both)."""
-    seqs = [p.prompt + p.completion for p, _ in pairs] + [r.prompt + r.completion for _, r in pairs]
+    return collate_right(
+        [p.prompt + p.completion for p, _ in pairs] + [r.prompt + r.completion for _, r in pairs], pad_id
+    )
+
+
+def collate_right(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and mask (every row starts at column 0)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s)
+        ids[row, : len(s)] = torch.tensor(list(s))
         mask[row, : len(s)] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
@@ -156,21 +162,9 @@ def collate_shared_prompt(
     None when some pair's two prompts differ (then use `collate_pairs`)."""
     if any(c.prompt != r.prompt for c, r in pairs):
         return None
-    prompts = [c.prompt for c, _ in pairs]
-    comps = [x.completion for pair in pairs for x in pair]
-    p, s = max(map(len, prompts)), max(map(len, comps))
-    out = {
-        "input_ids": torch.full((len(prompts), p), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(prompts), p), dtype=torch.long),
-        "completion_ids": torch.full((len(comps), s), pad_id, dtype=torch.long),
-        "completion_mask": torch.zeros((len(comps), s), dtype=torch.long),
-    }
-    for row, ids in enumerate(prompts):
-        out["input_ids"][row, p - len(ids) :] = torch.tensor(ids)
-        out["attention_mask"][row, p - len(ids) :] = 1
-    for row, ids in enumerate(comps):
-        out["completion_ids"][row, : len(ids)] = torch.tensor(ids)
-        out["completion_mask"][row, : len(ids)] = 1
+    comps = collate_right([x.completion for pair in pairs for x in pair], pad_id)
+    out = collate_left([c.prompt for c, _ in pairs], pad_id)
+    out |= {"completion_ids": comps["input_ids"], "completion_mask": comps["attention_mask"]}
     return out
 
 

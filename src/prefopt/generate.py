@@ -40,10 +40,10 @@ def sample(
 
 def sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, generator) -> torch.Tensor:
     """[B, P] left-padded -> [B, max_new_tokens] sampled tokens."""
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1, :]
+    cache, logits = cache_of(out), out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     tokens = []
     for step in range(max_new_tokens):
@@ -54,18 +54,18 @@ def sample_batch(model, ids, mask, max_new_tokens: int, temperature: float, gene
         mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
         step_kw = {cache_kw: cache}
         out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, use_cache=True, **step_kw)
-        cache, logits = _cache_of(out), out.logits[:, -1, :]
+        cache, logits = cache_of(out), out.logits[:, -1, :]
         next_pos = next_pos + 1
     return torch.cat(tokens, dim=1)
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers 5.x names the KV cache `cache`; 4.x `past_key_values`."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's model
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
-def _cache_of(out):
+def cache_of(out):
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 

@@ -80,24 +80,18 @@ class ScalarHeadModel(nn.Module):
         cache: returns values over the completion positions [k*B, S]. Gradients flow through the
         shared cache, so this equals scoring each prompt + completion in full, at a fraction of the
         cost when prompts are long (TL;DR: ~200 prompt tokens, ~25 summary tokens)."""
-        if completion_ids is None:
-            out = self.trunk(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions_from_mask(attention_mask),
-                use_cache=False,
-            )
-            return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
-        from prefopt.generate import _cache_kwarg, _cache_of
-
-        k = completion_ids.shape[0] // input_ids.shape[0]
         out = self.trunk(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions_from_mask(attention_mask),
-            use_cache=True,
+            use_cache=completion_ids is not None,
         )
-        cache = _cache_of(out)
+        if completion_ids is None:
+            return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
+        from prefopt.generate import cache_kwarg, cache_of
+
+        k = completion_ids.shape[0] // input_ids.shape[0]
+        cache = cache_of(out)
         cache.batch_repeat_interleave(k)  # differentiable: each prompt's keys/values serve k completions
         mask = torch.cat([attention_mask.repeat_interleave(k, 0), completion_mask], dim=1)
         out = self.trunk(
@@ -105,7 +99,7 @@ class ScalarHeadModel(nn.Module):
             attention_mask=mask,
             position_ids=positions_from_mask(mask)[:, input_ids.shape[1] :],
             use_cache=True,
-            **{_cache_kwarg(self.trunk): cache},
+            **{cache_kwarg(self.trunk): cache},
         )
         return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
 

@@ -192,16 +192,13 @@ def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     prompt once and both summaries on its cache: the same rewards for about half the compute.
 
     Goes through `model(...)` (not `.score`) so a DDP-wrapped model syncs its gradients."""
-    if "completion_ids" in batch:
-        values = model(
-            batch["input_ids"], batch["attention_mask"], batch["completion_ids"], batch["completion_mask"]
-        )
-        rewards = values.gather(1, last_real_index(batch["completion_mask"])[:, None]).squeeze(1)  # [2B]
-        return rewards[0::2], rewards[1::2]
-    values = model(batch["input_ids"], batch["attention_mask"])  # [2B, T]
-    idx = last_real_index(batch["attention_mask"])  # [2B]
-    rewards = values.gather(1, idx[:, None]).squeeze(1)  # [2B]
-    return rewards.chunk(2)
+    shared = "completion_ids" in batch
+    values = model(  # [2B, T] (or [2B, S] over the completions)
+        batch["input_ids"], batch["attention_mask"], batch.get("completion_ids"), batch.get("completion_mask")
+    )
+    mask = batch["completion_mask"] if shared else batch["attention_mask"]
+    rewards = values.gather(1, last_real_index(mask)[:, None]).squeeze(1)  # [2B]
+    return (rewards[0::2], rewards[1::2]) if shared else rewards.chunk(2)
 
 
 def pair_stats(losses: torch.Tensor, r_c: torch.Tensor, r_r: torch.Tensor) -> torch.Tensor:
