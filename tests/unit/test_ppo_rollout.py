@@ -59,3 +59,26 @@ def test_trimmed_micro_batch_gives_the_same_logprobs_and_values():
 def test_without_pad_columns_keeps_a_full_width_batch():
     ro = _rollout([4, 6], width=6)
     assert ro.without_pad_columns() is ro
+
+
+def test_collect_gives_the_fixed_score_to_responses_without_eos():
+    """No EOS in the budget -> `missing_eos_score` replaces the reward model's score (kept as raw_scores)."""
+    from prefopt.models.roles import reward_score
+    from prefopt.ppo.rollout import collect
+
+    roles = _roles()
+    ro = _rollout([4, 6, 3], width=6)
+    kw = dict(response_length=5, temperature=0.7, pad_id=PAD, forward_batch=2)
+    torch.manual_seed(0)
+    out = collect(
+        roles, ro.queries, ro.query_mask, eos_id=999, missing_eos_score=-1.0, **kw
+    )  # 999: never sampled
+    assert not out.has_eos.any() and out.response_mask.all()
+    assert torch.equal(out.scores, torch.full((3,), -1.0))
+    with torch.no_grad():
+        expected = reward_score(roles, out.sequences, out.sequence_mask)
+    torch.testing.assert_close(out.raw_scores, expected, atol=1e-5, rtol=0)
+    assert not torch.equal(out.raw_scores, out.scores)
+    torch.manual_seed(0)
+    kept = collect(roles, ro.queries, ro.query_mask, eos_id=999, missing_eos_score=None, **kw)
+    assert torch.equal(kept.scores, kept.raw_scores)
