@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, GPT2Config, GPT2Model, Qwen3Config, Qwen3ForCausalLM
 
-from prefopt.models.heads import ScalarHeadModel, last_real_index, positions_from_mask
+from prefopt.batching import position_ids
+from prefopt.models.heads import ScalarHeadModel, last_real_index
 
 STORIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "stories260K"
 
@@ -50,7 +51,7 @@ def _pad(rows: list[list[int]], side: str, pad_id: int = 0) -> tuple[torch.Tenso
 def test_last_real_index_and_positions_hand_worked():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert last_real_index(mask).tolist() == [2, 4, 4, 4]
-    assert positions_from_mask(mask).tolist() == [
+    assert position_ids(mask).tolist() == [
         [0, 1, 2, 2, 2],
         [0, 0, 0, 1, 2],
         [0, 1, 2, 3, 4],

@@ -17,16 +17,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from prefopt.batching import position_ids
 from prefopt.models.load import disable_dropout
 
 HEAD_FILE = "scalar_head.safetensors"
 META_FILE = "scalar_head.json"
 TRUNK_DIR = "trunk"
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] 0/1 mask -> [B, T] position ids counting real tokens only (0 at and before the first)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -83,7 +79,7 @@ class ScalarHeadModel(nn.Module):
         out = self.trunk(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask),
+            position_ids=position_ids(attention_mask),
             use_cache=completion_ids is not None,
         )
         if completion_ids is None:
@@ -97,7 +93,7 @@ class ScalarHeadModel(nn.Module):
         out = self.trunk(
             input_ids=completion_ids,
             attention_mask=mask,
-            position_ids=positions_from_mask(mask)[:, input_ids.shape[1] :],
+            position_ids=position_ids(mask)[:, input_ids.shape[1] :],
             use_cache=True,
             **{cache_kwarg(self.trunk): cache},
         )

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from prefopt.batching import position_ids
+from prefopt.models.heads import last_real_index
 
 ROLES = ("policy", "ref", "value", "reward")
 
@@ -191,10 +192,7 @@ class SeparateRoles:
 def reward_score(roles, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B,T] -> [B]: the normalised reward read at each row's last real token (the EOS)."""
     h = roles.hidden("reward", input_ids, attention_mask)
-    last = (
-        attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
-    )  # last real index, any padding
-    h_last = h[torch.arange(h.shape[0], device=h.device), last]
+    h_last = h[torch.arange(h.shape[0], device=h.device), last_real_index(attention_mask)]
     return (
         roles.reward_head(h_last.to(roles.reward_head.weight.dtype)).squeeze(-1).float() - roles.reward_bias
     )
