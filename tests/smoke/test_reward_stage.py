@@ -15,9 +15,11 @@ import prefopt.reward.train as rt
 from prefopt.batching import collate_sft
 from prefopt.config import PeftConfig, build_config
 from prefopt.data.testbed import corpus
+from prefopt.data.testbed_writers import FACT_SLOTS
 from prefopt.models.adapters import apply_peft, load_merged_policy, save_policy
 from prefopt.models.load import load_tokenizer
 from prefopt.models.tiny_base import train_tokenizer
+from prefopt.reward import fact_probe
 from prefopt.reward.model import load_reward_adapter_into, load_reward_model
 from prefopt.tracking import read_metrics
 
@@ -139,9 +141,25 @@ def test_metrics_and_eval_report(lora_run):
     assert report["n"] == 24 and 0 <= report["accuracy"] <= 1
     assert 0.5 < report["testbed"]["noise_ceiling"] <= 1
     assert 0 <= report["testbed"]["gold_agreement"] <= 1
+    assert 0 <= report["testbed"]["gold_agreement_wrong_fact_pairs"] <= 1
+    checks = report["testbed"]["fact_check"]  # 100 posts x 5 one-fact swaps, scored by the reward model
+    assert set(checks) == {*FACT_SLOTS, "all"} and all(0 <= v <= 1 for v in checks.values())
+    assert records[-1]["eval/testbed/fact_check/all"] == pytest.approx(checks["all"])
     assert sum(b["n"] for b in report["calibration"]["bins"]) == 48
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "DONE.json").is_file()
+
+
+def test_fact_probe_scores_the_swaps_with_the_sft_policy_and_the_reward_model(lora_run, capsys):
+    root, out, _ = lora_run
+    rows = fact_probe.main([str(root / "full"), "--posts", "3"])
+    assert set(rows) == {"SFT log-likelihood", "reward model"}
+    for acc in rows.values():  # 3 pairs per slot: each rate is a multiple of 1/6 (ties count one half)
+        assert set(acc) == {*FACT_SLOTS, "all"}
+        per_slot = [acc[s] for s in FACT_SLOTS]
+        assert all(0 <= v <= 1 and (6 * v) == pytest.approx(round(6 * v)) for v in per_slot)
+        assert acc["all"] == pytest.approx(sum(per_slot) / len(per_slot))  # equal pairs per slot
+    assert "SFT log-likelihood" in capsys.readouterr().out
 
 
 def test_saved_model_loads_merged_and_as_named_adapter(lora_run, testbed_tok):

@@ -18,6 +18,8 @@ from prefopt.reward.evaluate import (
     accuracy_by_confidence,
     calibration,
     evaluate_scores,
+    fact_check,
+    flat_metrics,
     gold_agreement,
     length_bias,
     reliability_plot,
@@ -177,6 +179,31 @@ def test_testbed_gold_rewards_reach_exactly_the_noise_ceiling(tmp_path):
     assert 0.6 < report["accuracy"] < 1.0  # noisy labels: the ceiling is below 1
     png = reliability_plot(report["calibration"], tmp_path / "rel.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fact_check_hand_worked_and_flattened():
+    acc = fact_check([1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 2.0, 3.0], ["event", "event", "age", "age"])
+    assert acc == {"event": 0.5, "age": 0.25, "all": 0.375}  # the age tie counts one half
+    report = {"accuracy": 0.7, "mean_margin": 0.1, "calibration": {"ece": 0.0}, "length": {}}
+    report |= {"accuracy_by_confidence": {}, "testbed": {"noise_ceiling": 0.8, "fact_check": acc}}
+    flat = flat_metrics(report)
+    assert flat["eval/testbed/noise_ceiling"] == 0.8 and flat["eval/testbed/fact_check/age"] == 0.25
+
+
+def test_gold_agreement_on_wrong_fact_pairs_counts_only_those_pairs():
+    comps = testbed.load_comparisons("valid", n=300)
+    wrong = ["wrong_fact" in (c.meta["quality_chosen"], c.meta["quality_rejected"]) for c in comps]
+    g = [(c.meta["gold_chosen"], c.meta["gold_rejected"]) for c in comps]
+    # agree with gold everywhere except on the wrong-fact pairs, where the order is reversed
+    r_c = [gr if w else gc for (gc, gr), w in zip(g, wrong, strict=True)]
+    r_r = [gc if w else gr for (gc, gr), w in zip(g, wrong, strict=True)]
+    t = evaluate_scores(r_c, r_r, comps, [1] * 300, [1] * 300)["testbed"]
+    untied = [(gc != gr, w) for (gc, gr), w in zip(g, wrong, strict=True)]
+    assert sum(w for u, w in untied if u) > 20  # the mix has wrong-fact pairs (8% of writers)
+    assert t["gold_agreement_wrong_fact_pairs"] == 0.0
+    assert t["gold_agreement"] == pytest.approx(
+        sum(u and not w for u, w in untied) / sum(u for u, _ in untied)
+    )
 
 
 def test_real_data_report_has_no_testbed_section():

@@ -16,6 +16,8 @@ import pytest
 from prefopt.data import testbed as tb
 from prefopt.data.testbed_gold import (
     SLOTS,
+    WRONG_AGE_PENALTY,
+    WRONG_SLOT_PENALTY,
     Facts,
     cue_index,
     mentioned,
@@ -25,7 +27,7 @@ from prefopt.data.testbed_gold import (
     words,
 )
 from prefopt.data.testbed_text import EVENTS, FEELINGS, QUESTIONS, RELATIONS
-from prefopt.data.testbed_writers import DEGRADED, QUALITY_MIX, draw_parts, render
+from prefopt.data.testbed_writers import DEGRADED, FACT_SLOTS, QUALITY_MIX, draw_parts, render
 from prefopt.data.types import Post
 
 FACTS = Facts("boyfriend", 24, "m", 22, "f", "birthday", "hurt", "confront", "relationships")
@@ -281,3 +283,24 @@ def test_feeling_and_question_follow_the_event_at_the_stated_rate(sft):
     assert typical_feel == pytest.approx(share + (1 - share) / len(FEELINGS), abs=0.02)
     assert typical_q == pytest.approx(share + (1 - share) / len(QUESTIONS), abs=0.02)
     assert set(TYPICAL) == set(EVENTS)  # every event has its pair
+
+
+def test_fact_swaps_differ_from_the_faithful_summary_in_exactly_one_fact():
+    swaps = tb.fact_swaps("valid", 30)
+    assert [s.slot for s in swaps[:5]] == list(FACT_SLOTS) and len(swaps) == 150
+    for s in swaps:
+        good, bad = tb.gold_breakdown(s.post, s.faithful), tb.gold_breakdown(s.post, s.swapped)
+        assert good.wrong_slots == () and good.penalties["wrong"] == 0 and good.coverage == 1.0
+        # an age: the other's tag off by a few years (wrong, unless it lands on the writer's own tag)
+        if s.slot == "age":
+            assert bad.wrong_slots == () and bad.penalties["wrong"] in (0.0, pytest.approx(WRONG_AGE_PENALTY))
+        else:
+            assert bad.wrong_slots == (s.slot,) and bad.penalties["wrong"] == pytest.approx(
+                WRONG_SLOT_PENALTY
+            )
+        assert bad.score < good.score
+        a, b = words(s.faithful), words(s.swapped)
+        if s.slot in ("feeling", "age"):  # one-word values: the texts differ in that word only
+            assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+        else:
+            assert a != b

@@ -50,6 +50,7 @@ from prefopt.data.testbed_text import (
     strip_marks,
 )
 from prefopt.data.testbed_writers import (
+    FACT_SLOTS,
     QUALITY_MIX,
     canonical_parts,
     draw_parts,
@@ -57,6 +58,7 @@ from prefopt.data.testbed_writers import (
     render,
     render_clean,
     sample_quality,
+    swap_fact,
 )
 from prefopt.data.types import Comparison, Post, SFTExample
 
@@ -66,12 +68,14 @@ __all__ = [
     "SPLIT_OFFSETS",
     "TAU",
     "Draft",
+    "FactSwap",
     "Facts",
     "GoldBreakdown",
     "bench",
     "clean_summary",
     "corpus",
     "expected_agreement",
+    "fact_swaps",
     "facts_of",
     "gold_breakdown",
     "gold_score",
@@ -356,6 +360,35 @@ def tune_tau(comparisons: list[Comparison], target: float = 0.75) -> float:
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if expected_agreement(comparisons, mid) > target else (lo, mid)
     return math.sqrt(lo * hi)
+
+
+# ---------------------------------------------------------------- fact swaps
+
+
+@dataclass(frozen=True)
+class FactSwap:
+    """A faithful clean summary and the same summary with the fact of `slot` swapped: the pair differs
+    in that one fact only, so a scorer that ranks `faithful` first has checked that fact against the post."""
+
+    post: Post
+    faithful: str
+    swapped: str
+    slot: str
+
+
+def fact_swaps(split: str = "valid", n: int = 100, seed: int = 0) -> list[FactSwap]:
+    """For each of the first `n` posts of `split`, one FactSwap per slot of `FACT_SLOTS` (5n in all)."""
+    out = []
+    for i in _indices(split, n):
+        draft = make_draft(seed, i)
+        rng = random.Random(f"{seed}:{i}:swap")
+        parts = draw_parts(draft.facts, rng)
+        faithful = render_clean(parts)
+        for slot in FACT_SLOTS:
+            out.append(
+                FactSwap(draft.post, faithful, render_clean(swap_fact(parts, draft.facts, slot, rng)), slot)
+            )
+    return out
 
 
 # ---------------------------------------------------------------- corpus, bench

@@ -124,23 +124,27 @@ def _missing_fact(p: Parts, rng: random.Random) -> str:
     return render_clean(p, who=p.he, me="i")
 
 
-def _wrong_fact(p: Parts, facts: Facts, rng: random.Random) -> str:
-    """One fact swapped for another value of its slot (or an age off by a few years)."""
-    slot = rng.choice(("relation", "event", "feeling", "question", "age"))
+FACT_SLOTS = ("relation", "event", "feeling", "question", "age")
+
+
+def swap_fact(p: Parts, facts: Facts, slot: str, rng: random.Random) -> Parts:
+    """`p` with the fact of `slot` swapped for another value of its slot (an age: off by a few years)."""
     g = facts.other_gender
     if slot == "age":
-        p = replace(p, otag=f"{facts.other_age + rng.choice((-5, -3, 3, 5))}{g}")
-    else:
-        other = rng.choice([k for k in _values(slot) if k != facts.value(slot)])
-        if slot == "relation":
-            p = replace(p, rel=RELATIONS[other].words[0])
-        elif slot == "event":
-            p = replace(p, ev=_event_text(other, g, rng))
-        elif slot == "feeling":
-            p = replace(p, feel=FEELINGS[other][0])
-        else:
-            p = replace(p, q=_question_text(other, g, rng))
-    return render_clean(p)
+        return replace(p, otag=f"{facts.other_age + rng.choice((-5, -3, 3, 5))}{g}")
+    other = rng.choice([k for k in _values(slot) if k != facts.value(slot)])
+    if slot == "relation":
+        return replace(p, rel=RELATIONS[other].words[0])
+    if slot == "event":
+        return replace(p, ev=_event_text(other, g, rng))
+    if slot == "feeling":
+        return replace(p, feel=FEELINGS[other][0])
+    return replace(p, q=_question_text(other, g, rng))
+
+
+def _wrong_fact(p: Parts, facts: Facts, rng: random.Random) -> str:
+    """One fact swapped for another value of its slot (or an age off by a few years)."""
+    return render_clean(swap_fact(p, facts, rng.choice(FACT_SLOTS), rng))
 
 
 def _values(slot: str) -> list[str]:

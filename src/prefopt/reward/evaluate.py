@@ -123,6 +123,18 @@ def gold_agreement(
     }
 
 
+def fact_check(
+    r_faithful: Sequence[float], r_swapped: Sequence[float], slots: Sequence[str]
+) -> dict[str, float]:
+    """Per slot (and "all"): how often the faithful summary outscores its one-fact-swapped twin
+    (`testbed.fact_swaps`); 0.5 is a scorer that does not check that fact at all. A tie counts one half."""
+    by: dict[str, list[float]] = {}
+    for a, b, slot in zip(r_faithful, r_swapped, slots, strict=True):
+        by.setdefault(slot, []).append(_hit(a, b))
+        by.setdefault("all", []).append(_hit(a, b))
+    return {slot: sum(h) / len(h) for slot, h in by.items()}
+
+
 def evaluate_scores(
     r_chosen: Sequence[float],
     r_rejected: Sequence[float],
@@ -147,14 +159,24 @@ def evaluate_scores(
     from prefopt.data import testbed
 
     if comparisons and all(testbed.is_testbed_post(c.post) for c in comparisons):
-        golds = [_golds(c, testbed.gold_score) for c in comparisons]
+        g_c, g_r = zip(*(_golds(c, testbed.gold_score) for c in comparisons), strict=True)
         ceiling = testbed.noise_ceiling(list(comparisons))
         out["testbed"] = {
             "noise_ceiling": ceiling,
             "gap_to_ceiling": ceiling - out["accuracy"],
-            **gold_agreement(r_chosen, r_rejected, [g for g, _ in golds], [g for _, g in golds]),
+            **gold_agreement(r_chosen, r_rejected, g_c, g_r),
         }
+        # pairs where one side has a wrong fact: a scorer gets them right only by checking the post
+        wf = [i for i, c in enumerate(comparisons) if "wrong_fact" in _qualities(c)]
+        if wf:
+            pick = lambda xs: [xs[i] for i in wf]  # noqa: E731
+            sub = gold_agreement(pick(r_chosen), pick(r_rejected), pick(g_c), pick(g_r))
+            out["testbed"]["gold_agreement_wrong_fact_pairs"] = sub["gold_agreement"]
     return out
+
+
+def _qualities(c: Comparison) -> tuple:
+    return c.meta.get("quality_chosen"), c.meta.get("quality_rejected")
 
 
 def _golds(c: Comparison, gold_score) -> tuple[float, float]:
@@ -172,7 +194,9 @@ def flat_metrics(report: dict) -> dict[str, float]:
     out |= {
         f"eval/confidence_{c}/accuracy": v["accuracy"] for c, v in report["accuracy_by_confidence"].items()
     }
-    out |= {f"eval/testbed/{k}": v for k, v in report.get("testbed", {}).items()}
+    for k, v in report.get("testbed", {}).items():
+        items = v.items() if isinstance(v, dict) else [(None, v)]  # fact_check: one value per slot
+        out |= {"/".join(filter(None, ("eval/testbed", k, sub))): x for sub, x in items}
     return out
 
 
