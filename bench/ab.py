@@ -1,6 +1,6 @@
 """prefopt vs TRL on the peer harness's workload, interleaved A/B/A/B, with medians, spreads and ratios.
 
-    .venv/bin/python bench/ab.py --rounds 3            # sft, reward, ppo_mb4, ppo_lora_mb4, ppo
+    .venv/bin/python bench/ab.py --rounds 3            # sft_bf16, reward_bf16, ppo_mb4_bf16, ppo_mb4
     .venv/bin/python bench/ab.py --rounds 1 --only sft reward
     .venv/bin/python bench/ab.py --summarize /tmp/prefopt_ab_X.jsonl   # tables of an earlier session
 
@@ -75,9 +75,22 @@ COMPARISONS = {
             ("--stage", "ppo", "--ppo-epochs", "4", "--lora", "--micro-batch", "4"), "episodes_per_s", 2.0,
             0.6,
         ),
+        # like for like: TRL's configs default to bf16=True, which autocasts on this CPU too
+        Comparison(
+            "sft_bf16", "sft_full_nogc", ("main", "bench_sft.py", "--no-gc"), "sft_full_prefopt_bf16",
+            ("--stage", "sft", "--bf16"), "tokens_per_s", 1.2, 0.7,
+        ),
+        Comparison(
+            "reward_bf16", "reward_nogc", ("main", "bench_reward.py", "--no-gc"), "reward_prefopt_bf16",
+            ("--stage", "reward", "--bf16"), "pairs_per_s", 1.3, None,
+        ),
+        Comparison(
+            "ppo_mb4_bf16", "ppo", ("ppo", "bench_ppo.py"), "ppo_prefopt_mb4_bf16",
+            ("--stage", "ppo", "--ppo-epochs", "4", "--micro-batch", "4", "--bf16"), "episodes_per_s", 2.0, 0.6,
+        ),
     )
 }  # fmt: skip
-DEFAULT = ("sft", "reward", "ppo_mb4", "ppo_lora_mb4", "ppo")
+DEFAULT = ("sft_bf16", "reward_bf16", "ppo_mb4_bf16", "ppo_mb4")
 VENVS = {
     "main": os.environ.get("PEER_VENV", "/tmp/peer_venv"),
     "ppo": os.environ.get("PEER_VENV_PPO", "/tmp/peer_venv_ppo"),

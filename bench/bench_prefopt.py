@@ -51,7 +51,9 @@ def bench_name(stage: str, lora: bool, ppo_epochs: int) -> str:
     return base + ("_lora" if lora else "") + "_prefopt"
 
 
-def base_config(name: str, art: Path, lora: bool, bf16: bool = False) -> dict:
+def base_config(
+    name: str, art: Path, lora: bool, bf16: bool = False, pad_multiple: int | None = None
+) -> dict:
     peft = dict(prep.LORA) if lora else {"method": "none"}
     return {
         "name": name,
@@ -66,6 +68,7 @@ def base_config(name: str, art: Path, lora: bool, bf16: bool = False) -> dict:
             # docs/performance.md for both)
             "mixed_precision": "bf16" if bf16 else "no",
             "gradient_checkpointing": False,
+            "pad_to_multiple_of": pad_multiple,  # None: 16 under bf16, 1 in fp32
         },
         "data": {"max_prompt_tokens": 512, "max_summary_tokens": 53},
         "peft": peft,
@@ -73,7 +76,7 @@ def base_config(name: str, art: Path, lora: bool, bf16: bool = False) -> dict:
 
 
 def sft_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
     cfg["data"] |= {"sft_source": str(art / "data" / "sft.jsonl"), "limit_train": 512, "limit_eval": 16}
     cfg["sft"] = {
         "epochs": 1.0,
@@ -88,7 +91,7 @@ def sft_config(a, art: Path, prepared: Path) -> dict:
 
 
 def reward_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
     cfg["data"] |= {
         "comparisons_source": str(prepared / "data" / "prefs"),
         "sft_source": str(art / "data" / "sft.jsonl"),
@@ -108,7 +111,7 @@ def reward_config(a, art: Path, prepared: Path) -> dict:
 
 
 def ppo_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
     cfg["data"] |= {"sft_source": str(prepared / "data" / "ppo_prompts.jsonl"), "limit_train": a.episodes}
     cfg["ppo"] = {
         "total_episodes": a.episodes,
@@ -382,6 +385,9 @@ def main() -> None:
         help="PPO rows per forward/backward (16 = TRL's; 8 = accumulate 2)",
     )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as TRL's default bf16=True does")
+    ap.add_argument(
+        "--pad-multiple", type=int, default=None, help="model.pad_to_multiple_of (default: 16 in bf16)"
+    )
     a = ap.parse_args()
     a.name = (
         bench_name(a.stage, a.lora, a.ppo_epochs)

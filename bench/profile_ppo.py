@@ -1,6 +1,6 @@
 """Where prefopt's PPO spends its loop time on the harness workload: py-spy samples, grouped by phase.
 
-    .venv/bin/python bench/profile_ppo.py [--lora] [--episodes 32] [--py-spy /tmp/peer_venv/bin/py-spy]
+    .venv/bin/python bench/profile_ppo.py [--lora] [--bf16] [--micro-batch 4] [--episodes 32] [--py-spy /tmp/peer_venv/bin/py-spy]
     .venv/bin/python bench/profile_ppo.py --folded /tmp/prefopt_ppo.folded     # re-read a recording
 
 Records `bench_prefopt.py --stage ppo` with `py-spy record --format raw` (collapsed stacks; py-spy from
@@ -112,6 +112,8 @@ def report(folded: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (bench_prefopt.py --bf16)")
+    ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--episodes", type=int, default=128)
     ap.add_argument("--rate", type=int, default=50, help="samples per second")
     ap.add_argument("--py-spy", default="/tmp/peer_venv/bin/py-spy")
@@ -119,9 +121,10 @@ def main() -> None:
     a = ap.parse_args()
     folded = a.folded
     if folded is None:
-        folded = Path(f"/tmp/prefopt_ppo{'_lora' if a.lora else ''}.folded")
+        folded = Path(f"/tmp/prefopt_ppo{'_lora' if a.lora else ''}{'_bf16' if a.bf16 else ''}.folded")
         bench = [sys.executable, str(Path(__file__).with_name("bench_prefopt.py")), "--stage", "ppo"]
-        bench += ["--episodes", str(a.episodes)] + (["--lora"] if a.lora else [])
+        bench += ["--episodes", str(a.episodes), "--micro-batch", str(a.micro_batch)]
+        bench += (["--lora"] if a.lora else []) + (["--bf16"] if a.bf16 else [])
         rec = [a.py_spy, "record", "--format", "raw", "--rate", str(a.rate), "-o", str(folded), "--", *bench]
         subprocess.run(rec, check=True)
     print(report(folded))

@@ -107,10 +107,15 @@ def length_grouped_order(
     return [i for b in batches for i in b]
 
 
-def collate_sft(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+def round_up(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple` (the batch widths of `model.pad_to_multiple_of`)."""
+    return -(-n // multiple) * multiple
+
+
+def collate_sft(pairs: Sequence[TokenizedPair], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels; labels are IGNORE on prompt and padding,
-    so the loss covers the completion (summary + EOS) only."""
-    width = max(p.length for p in pairs)
+    so the loss covers the completion (summary + EOS) only. The width is a multiple of `multiple`."""
+    width = round_up(max(p.length for p in pairs), multiple)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -122,9 +127,9 @@ def collate_sft(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def collate_left(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded ids and mask (for generation: every row's last token is real)."""
-    width = max(len(s) for s in seqs)
+def collate_left(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-padded ids and mask (for generation: every row's last token is real), `multiple`-wide."""
+    width = round_up(max(len(s) for s in seqs), multiple)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -135,17 +140,16 @@ def collate_left(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.
 
 
 def collate_pairs(
-    pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int
+    pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int, multiple: int = 1
 ) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows in ONE right-padded batch of 2B (one forward pass scores both)."""
-    return collate_right(
-        [p.prompt + p.completion for p, _ in pairs] + [r.prompt + r.completion for _, r in pairs], pad_id
-    )
+    seqs = [p.prompt + p.completion for p, _ in pairs] + [r.prompt + r.completion for _, r in pairs]
+    return collate_right(seqs, pad_id, multiple)
 
 
-def collate_right(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids and mask (every row starts at column 0)."""
-    width = max(len(s) for s in seqs)
+def collate_right(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded ids and mask (every row starts at column 0), `multiple`-wide."""
+    width = round_up(max(len(s) for s in seqs), multiple)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -155,15 +159,15 @@ def collate_right(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
 
 
 def collate_shared_prompt(
-    pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int
+    pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int, multiple: int = 1
 ) -> dict[str, torch.Tensor] | None:
     """Each pair's prompt ONCE (left-padded [B, P]) and its chosen and rejected completions as rows
     2i, 2i+1 of a right-padded [2B, S] batch, for `ScalarHeadModel`'s shared-prompt forward.
     None when some pair's two prompts differ (then use `collate_pairs`)."""
     if any(c.prompt != r.prompt for c, r in pairs):
         return None
-    comps = collate_right([x.completion for pair in pairs for x in pair], pad_id)
-    out = collate_left([c.prompt for c, _ in pairs], pad_id)
+    comps = collate_right([x.completion for pair in pairs for x in pair], pad_id, multiple)
+    out = collate_left([c.prompt for c, _ in pairs], pad_id, multiple)
     out |= {"completion_ids": comps["input_ids"], "completion_mask": comps["attention_mask"]}
     return out
 

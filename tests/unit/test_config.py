@@ -44,6 +44,12 @@ def test_derived_sizes_and_exact_division():
         derive(cfg, num_processes=3)
 
 
+def test_batch_width_multiple_defaults_to_16_under_mixed_precision():
+    cfg = build_config({})
+    assert derive(cfg).pad_multiple == 1 and derive(cfg, 1, "bf16").pad_multiple == 16
+    assert derive(build_config({}, ["model.pad_to_multiple_of=8"]), 1, "bf16").pad_multiple == 8
+
+
 def test_yaml_roundtrip(tmp_path):
     cfg = build_config({}, ["name=x", "ppo.adaptive_kl=true"])
     path = tmp_path / "c.yaml"

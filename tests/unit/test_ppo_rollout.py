@@ -56,6 +56,19 @@ def test_trimmed_micro_batch_gives_the_same_logprobs_and_values():
         )
 
 
+def test_trimmed_width_stays_a_multiple_and_outputs_are_unchanged():
+    roles = _roles()
+    ro = _rollout([4, 6, 3], width=11)  # 6 real columns at most
+    for multiple, width in ((4, 8), (8, 8), (16, 11)):  # 16 > 11: nothing can be dropped
+        trimmed = ro.without_pad_columns(multiple)
+        assert trimmed.queries.shape[1] == width
+        with torch.no_grad():
+            torch.testing.assert_close(
+                response_logprobs(roles, "policy", trimmed, 0.7), response_logprobs(roles, "policy", ro, 0.7),
+                atol=1e-5, rtol=0,
+            )  # fmt: skip
+
+
 def test_without_pad_columns_keeps_a_full_width_batch():
     ro = _rollout([4, 6], width=6)
     assert ro.without_pad_columns() is ro

@@ -230,21 +230,26 @@ def test_split_by_post_keeps_each_post_on_one_side():
 
 
 def test_shared_prompt_forward_equals_scoring_each_sequence_in_full():
-    """Prompt once + both summaries on its KV cache: same rewards and same gradients as two full rows."""
+    """Prompt once + both summaries on its KV cache: same rewards and same gradients as two full rows,
+    and the same again with every width rounded up to a multiple of 16 (more padding, all masked)."""
     pairs = _pairs(seed=3, n=4)
     shared = collate_shared_prompt(pairs, PAD)
     assert shared["input_ids"].shape[0] == 4 and shared["completion_ids"].shape[0] == 8
-    grads = []
-    for batch in (collate_pairs(pairs, PAD), shared):
+    wide = collate_shared_prompt(pairs, PAD, multiple=16)
+    assert wide["input_ids"].shape[1] % 16 == 0 and wide["completion_ids"].shape[1] % 16 == 0
+    assert wide["input_ids"].shape[1] > shared["input_ids"].shape[1]
+    runs = []
+    for batch in (collate_pairs(pairs, PAD), shared, wide, collate_pairs(pairs, PAD, multiple=16)):
         model = _tiny_rm(seed=1)
         r_c, r_r = pair_rewards(model, batch)
         bradley_terry_loss(r_c, r_r).mean().backward()
-        grads.append((r_c.detach(), r_r.detach(), [p.grad.clone() for p in model.trunk.parameters()]))
-    (c1, r1, g1), (c2, r2, g2) = grads
-    torch.testing.assert_close(c2, c1, atol=1e-5, rtol=0)
-    torch.testing.assert_close(r2, r1, atol=1e-5, rtol=0)
-    for a, b in zip(g1, g2, strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        runs.append((r_c.detach(), r_r.detach(), [p.grad.clone() for p in model.trunk.parameters()]))
+    (c1, r1, g1), *others = runs
+    for c2, r2, g2 in others:
+        torch.testing.assert_close(c2, c1, atol=1e-5, rtol=0)
+        torch.testing.assert_close(r2, r1, atol=1e-5, rtol=0)
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
 def test_shared_prompt_collate_declines_pairs_with_different_prompts():

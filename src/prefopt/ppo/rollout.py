@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from prefopt.batching import round_up
 from prefopt.generate import sample_batch
 from prefopt.models.roles import reward_score
 from prefopt.ops import chunked_token_logprobs, truncate_after_eos
@@ -43,10 +44,13 @@ class Rollout:
     def select(self, idx: torch.Tensor) -> Rollout:
         return Rollout(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
-    def without_pad_columns(self) -> Rollout:
-        """The same rows without the prompt columns that are padding in every row. Positions count real
-        tokens only, so every output is unchanged; a micro-batch of short prompts just runs shorter."""
-        first = int(self.query_mask.any(dim=0).nonzero()[0])
+    def without_pad_columns(self, multiple: int = 1) -> Rollout:
+        """The same rows without the prompt columns that are padding in every row (keeping the prompt
+        width a multiple of `multiple`). Positions count real tokens only, so every output is unchanged;
+        a micro-batch of short prompts just runs shorter."""
+        width = self.queries.shape[1]
+        real = width - int(self.query_mask.any(dim=0).nonzero()[0])
+        first = max(0, width - round_up(real, multiple))
         if first == 0:
             return self
         return Rollout(**{

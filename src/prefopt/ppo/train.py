@@ -41,7 +41,12 @@ class TrainingDiverged(RuntimeError):
 def train(cfg: Config, accelerator=None) -> Path:
     """Run (or resume) the PPO stage; returns `<run>/ppo`."""
     with open_stage(cfg, "ppo", accelerator) as st:
-        acc, d, pc = st.accelerator, derive(cfg, st.accelerator.num_processes), cfg.ppo
+        acc, d, pc = (
+            st.accelerator,
+            derive(cfg, st.accelerator.num_processes, st.accelerator.mixed_precision),
+            cfg.ppo,
+        )
+        mult = d.pad_multiple  # few distinct batch widths (model.pad_to_multiple_of)
         sft_dir, rm_dir = cfg.run_dir / "sft" / "model", cfg.run_dir / "reward" / "model"
         tok = load_tokenizer(str(sft_dir), eos_token=cfg.model.eos_token)
         roles = build_roles(
@@ -83,7 +88,7 @@ def train(cfg: Config, accelerator=None) -> Path:
             idx = idx[acc.process_index * d.ppo_local_rollout : (acc.process_index + 1) * d.ppo_local_rollout]
             q = {
                 k: v.to(acc.device)
-                for k, v in collate_left([prompts[i] for i in idx], tok.pad_token_id).items()
+                for k, v in collate_left([prompts[i] for i in idx], tok.pad_token_id, mult).items()
             }
             with acc.autocast():  # the configured mixed precision (prepare() is not used for the roles)
                 ro = collect(
@@ -185,7 +190,7 @@ def _minibatch_step(roles, ro, advantages, returns, mb_idx, opt, params, pc, d, 
     # but the padding each micro-batch carries (the harness workload: 17% of positions were padding)
     mb_idx = mb_idx[torch.argsort(ro.query_mask[mb_idx].sum(1), stable=True)]
     for micro in mb_idx.split(pc.micro_batch_size):
-        mb = ro.select(micro).without_pad_columns()
+        mb = ro.select(micro).without_pad_columns(d.pad_multiple)
         mask = mb.response_mask
         # policy and value share no trainable parameter, so (pg + vf_coef * vf).backward() equals two
         # backward passes; doing the policy's first frees its graph before the value forward (less memory)

@@ -57,7 +57,8 @@ EVAL_FILE = "eval.json"
 def train(cfg: Config, accelerator=None) -> Path:
     """Run (or resume) the reward stage; returns `<run>/reward`."""
     with open_stage(cfg, "reward", accelerator) as st:
-        acc, d = st.accelerator, derive(cfg, st.accelerator.num_processes)
+        acc, d = st.accelerator, derive(cfg, st.accelerator.num_processes, st.accelerator.mixed_precision)
+        mult = d.pad_multiple  # few distinct batch widths (model.pad_to_multiple_of)
 
         # 1. the SFT policy, merged, + a scalar head
         sft_dir = stage_dir(cfg.run_dir, "sft") / "model"
@@ -103,7 +104,8 @@ def train(cfg: Config, accelerator=None) -> Path:
             )
             n_local = sum(len(mb) for mb in batches)
             for i, mb in enumerate(batches):
-                batch = collate_shared_prompt(mb, tok.pad_token_id) or collate_pairs(mb, tok.pad_token_id)
+                pad = tok.pad_token_id
+                batch = collate_shared_prompt(mb, pad, mult) or collate_pairs(mb, pad, mult)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 ctx = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
                 with ctx:
@@ -144,13 +146,13 @@ def train(cfg: Config, accelerator=None) -> Path:
             cfg.data.sft_source, cfg.data.train_split, **_data_kw(cfg, "sft", cfg.reward.n_normalise)
         )
         ref_set = tokenize_summaries([r.post for r in refs], [r.summary for r in refs], tok, *budget)
-        bias = set_reference_bias(rm, ref_set, tok.pad_token_id, cfg.reward.micro_batch_size, acc)
+        bias = set_reference_bias(rm, ref_set, tok.pad_token_id, cfg.reward.micro_batch_size, acc, mult)
         st.print(f"bias {bias:+.4f}: mean reward of {len(ref_set)} reference summaries is now 0")
 
         # 6. evaluate on held-out comparisons
         metrics = {"normalise/bias": bias}
         if valid_set:
-            r_c, r_r = score_pairs(rm, valid_set, tok.pad_token_id, cfg.reward.micro_batch_size, acc)
+            r_c, r_r = score_pairs(rm, valid_set, tok.pad_token_id, cfg.reward.micro_batch_size, acc, mult)
             lens = (
                 [len(c.completion) - 1 for c, _ in valid_set],
                 [len(r.completion) - 1 for _, r in valid_set],
@@ -158,7 +160,9 @@ def train(cfg: Config, accelerator=None) -> Path:
             report = evaluate_scores(r_c, r_r, valid_c, *lens, n_bins=cfg.reward.calibration_bins)
             if "testbed" in report:
                 split = cfg.data.eval_split
-                report["testbed"]["fact_check"] = fact_check_scores(rm, tok, split, budget, cfg.seed, acc)
+                report["testbed"]["fact_check"] = fact_check_scores(
+                    rm, tok, split, budget, cfg.seed, acc, mult
+                )
             report |= {"bias": bias, "n_normalise": len(ref_set), "steps": steps_done}
             metrics |= flat_metrics(report)
             if st.is_main:
@@ -247,7 +251,9 @@ def tokenize_summaries(
 
 
 @torch.no_grad()
-def score_sequences(model, seqs: Sequence[TokenizedPair], pad_id: int, micro: int, acc=None) -> list[float]:
+def score_sequences(
+    model, seqs: Sequence[TokenizedPair], pad_id: int, micro: int, acc=None, multiple: int = 1
+) -> list[float]:
     """Normalised rewards (bias subtracted) of `seqs`, in order. With `acc`, ranks share the work."""
     rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     device = next(model.parameters()).device
@@ -255,7 +261,7 @@ def score_sequences(model, seqs: Sequence[TokenizedPair], pad_id: int, micro: in
     out: list[tuple[int, float]] = []
     for i in range(0, len(local), micro):
         idx = local[i : i + micro]
-        batch = collate_sft([seqs[j] for j in idx], pad_id)
+        batch = collate_sft([seqs[j] for j in idx], pad_id, multiple)
         scores = model.score(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         out += zip(idx, scores.float().cpu().tolist(), strict=True)
     if world > 1:
@@ -265,14 +271,24 @@ def score_sequences(model, seqs: Sequence[TokenizedPair], pad_id: int, micro: in
     return [s for _, s in sorted(out)]
 
 
-def score_pairs(model, pairs, pad_id: int, micro: int, acc=None) -> tuple[list[float], list[float]]:
+def score_pairs(
+    model, pairs, pad_id: int, micro: int, acc=None, multiple: int = 1
+) -> tuple[list[float], list[float]]:
     """Normalised rewards of the chosen and of the rejected summaries of tokenised comparisons."""
-    scores = score_sequences(model, [c for c, _ in pairs] + [r for _, r in pairs], pad_id, micro, acc)
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs]
+    scores = score_sequences(model, seqs, pad_id, micro, acc, multiple)
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
 def fact_check_scores(
-    model, tok, split: str, budget: tuple[int, int], seed: int, acc=None, n_posts: int = FACT_CHECK_POSTS
+    model,
+    tok,
+    split: str,
+    budget: tuple[int, int],
+    seed: int,
+    acc=None,
+    multiple: int = 1,
+    n_posts: int = FACT_CHECK_POSTS,
 ) -> dict[str, float]:
     """The testbed's fact swaps of `n_posts` posts of `split`, scored: per slot, how often the faithful
     summary outscores its twin with that one fact swapped (0.5 = the fact is not checked)."""
@@ -284,14 +300,16 @@ def fact_check_scores(
         tokenize_summaries(posts, [getattr(s, k) for s in swaps], tok, *budget)
         for k in ("faithful", "swapped")
     ]
-    faithful, swapped = (score_sequences(model, x, tok.pad_token_id, 32, acc) for x in seqs)
+    faithful, swapped = (score_sequences(model, x, tok.pad_token_id, 32, acc, multiple) for x in seqs)
     return fact_check(faithful, swapped, [s.slot for s in swaps])
 
 
-def set_reference_bias(model, refs: Sequence[TokenizedPair], pad_id: int, micro: int, acc=None) -> float:
+def set_reference_bias(
+    model, refs: Sequence[TokenizedPair], pad_id: int, micro: int, acc=None, multiple: int = 1
+) -> float:
     """Set the model's bias to the mean raw reward of `refs`, so they average 0 afterwards; return it."""
     model.set_bias(0.0)
-    raw = score_sequences(model, refs, pad_id, micro, acc)
+    raw = score_sequences(model, refs, pad_id, micro, acc, multiple)
     bias = sum(raw) / len(raw)
     model.set_bias(bias)
     return float(model.bias)

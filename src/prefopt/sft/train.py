@@ -36,7 +36,8 @@ FACT_WARN = 0.8  # per-fact accuracy of SFT samples below which the stage warns 
 def train(cfg: Config, accelerator=None) -> Path:
     """Run (or resume) the SFT stage; returns `<run>/sft`."""
     with open_stage(cfg, "sft", accelerator) as st:
-        acc, d = st.accelerator, derive(cfg, st.accelerator.num_processes)
+        acc, d = st.accelerator, derive(cfg, st.accelerator.num_processes, st.accelerator.mixed_precision)
+        mult = d.pad_multiple  # few distinct batch widths (model.pad_to_multiple_of)
 
         # 1. base model + tokenizer + PEFT method
         base = resolve_base(cfg) if acc.is_main_process else None
@@ -85,7 +86,7 @@ def train(cfg: Config, accelerator=None) -> Path:
             n_tokens = sum(sum(len(p.completion) for p in mb) for mb in batches)
             loss_sum = 0.0
             for i, mb in enumerate(batches):
-                batch = {k: v.to(acc.device) for k, v in collate_sft(mb, tok.pad_token_id).items()}
+                batch = {k: v.to(acc.device) for k, v in collate_sft(mb, tok.pad_token_id, mult).items()}
                 sync = i == len(batches) - 1
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
                 with ctx:
@@ -104,7 +105,9 @@ def train(cfg: Config, accelerator=None) -> Path:
                 )
                 bar.set_postfix(loss=f"{loss_sum:.3f}")
             if cfg.sft.eval_every and (step + 1) % cfg.sft.eval_every == 0:
-                tracker.log(step + 1, {"valid/loss": validation_loss(model, valid_set, tok, micro, acc)})
+                tracker.log(
+                    step + 1, {"valid/loss": validation_loss(model, valid_set, tok, micro, acc, mult)}
+                )
             if cfg.sft.save_every and (step + 1) % cfg.sft.save_every == 0 and step + 1 < total_steps:
                 _save_ckpt(st, acc.unwrap_model(model), opt, sched, step + 1)
             if cfg.sft.max_seconds and time.time() - t0 > cfg.sft.max_seconds:
@@ -116,7 +119,7 @@ def train(cfg: Config, accelerator=None) -> Path:
         steps_done = step + 1 if total_steps > start else start
 
         # 5. evaluation
-        metrics = {"valid/loss": validation_loss(model, valid_set, tok, micro, acc)}
+        metrics = {"valid/loss": validation_loss(model, valid_set, tok, micro, acc, mult)}
         if st.is_main:
             metrics |= sample_and_score(
                 acc.unwrap_model(model), tok, valid_ex[: cfg.sft.n_eval_samples], cfg, st.dir
@@ -154,13 +157,16 @@ def completion_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_loss(model, pairs, tok, micro: int, acc) -> float:
+def validation_loss(model, pairs, tok, micro: int, acc, multiple: int = 1) -> float:
     """Per-token NLL of the reference completions (averaged over all ranks' tokens)."""
     model.eval()
     local = pairs[acc.process_index :: acc.num_processes]
     total = torch.zeros(2, device=acc.device)
     for i in range(0, len(local), micro):
-        batch = {k: v.to(acc.device) for k, v in collate_sft(local[i : i + micro], tok.pad_token_id).items()}
+        batch = {
+            k: v.to(acc.device)
+            for k, v in collate_sft(local[i : i + micro], tok.pad_token_id, multiple).items()
+        }
         total[0] += completion_nll(model, batch)
         total[1] += (batch["labels"] != IGNORE).sum()
     total = acc.reduce(total, reduction="sum")
