@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean-demo bench
+.PHONY: demo test lint setup clean-demo bench reward-long
 
 # torch==2.13.0 is pinned in requirements.lock: on this kind of machine pip takes the CPU build from local disk.
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
@@ -26,6 +26,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+
+# The reward issue's longer run: the demo's SFT model, then a reward model on 100,000 testbed comparisons
+# (the size of OpenAI's TL;DR comparison set), 1 epoch, ~20 min on 2 cores. Needs `make demo` first.
+reward-long: $(STAMP)
+	test -f runs/testbed/sft/DONE.json || $(MAKE) demo
+	mkdir -p runs/testbed-rm100k && cp -rn runs/testbed/base runs/testbed/sft runs/testbed-rm100k/
+	$(VENV)/bin/prefopt reward configs/testbed.yaml name=testbed-rm100k data.limit_train=100000 reward.epochs=1
+	$(PY) -m prefopt.reward.fact_probe runs/testbed-rm100k
 
 clean-demo:
 	rm -rf runs/testbed

@@ -63,7 +63,13 @@ def make_run(
         )
         (run / "reward" / "eval.json").write_text(
             json.dumps(
-                {"n": 200, "accuracy": 0.71, "mean_margin": 0.8, "calibration": {"ece": 0.04, "bins": []}}
+                {
+                    "n": 200,
+                    "accuracy": 0.71,
+                    "mean_margin": 0.8,
+                    "calibration": {"ece": 0.04, "bins": []},
+                    "testbed": {"noise_ceiling": 0.8, "fact_check": {"question": 0.625, "all": 0.5}},
+                }  # fmt: skip
             )
         )
         fig, ax = plots.new_figure(3, 3)
@@ -193,6 +199,7 @@ def test_report_shows_numbers_tables_and_notes(full_run):
     assert "no EOS" in html  # the PPO sample's missing EOS is flagged
     assert "<td>lora</td>" in html.replace(' class=""', "")  # the PEFT markdown table, rendered
     assert "a note" in html
+    assert "testbed: fact_check question" in html and "0.625" in html  # the per-slot fact checks, flattened
     for anchor in ("stages", "evaluation", "overopt", "ppo", "reward", "sft", "peft", "samples"):
         assert f'id="{anchor}"' in html
 

@@ -292,7 +292,12 @@ def _reward_extra(view: StageView, plots_dir: Path) -> str:
         calib = report.get("calibration") or {}
         if isinstance(calib.get("ece"), int | float):
             flat["calibration error (ECE)"] = calib["ece"]
-        flat |= {f"testbed: {k}": v for k, v in (report.get("testbed") or {}).items()}
+        for k, v in (report.get("testbed") or {}).items():  # fact_check holds one rate per fact slot
+            flat |= (
+                {f"testbed: {k} {sub}": x for sub, x in v.items()}
+                if isinstance(v, dict)
+                else {f"testbed: {k}": v}
+            )
         flat |= {f"length: {k}": v for k, v in (report.get("length") or {}).items()}
         out += "<h3>Held-out comparisons</h3>" + _kv_table(flat)
     figures = []
