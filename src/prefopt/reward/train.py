@@ -293,15 +293,17 @@ def fact_check_scores(
     """The testbed's fact swaps of `n_posts` posts of `split`, scored: per slot, how often the faithful
     summary outscores its twin with that one fact swapped (0.5 = the fact is not checked)."""
     from prefopt.data.testbed import fact_swaps
+    from prefopt.data.testbed_writers import FACT_SLOTS
 
     swaps = fact_swaps(split, n_posts, seed)
-    posts = [s.post for s in swaps]
-    seqs = [
-        tokenize_summaries(posts, [getattr(s, k) for s in swaps], tok, *budget)
-        for k in ("faithful", "swapped")
-    ]
-    faithful, swapped = (score_sequences(model, x, tok.pad_token_id, 32, acc, multiple) for x in seqs)
-    return fact_check(faithful, swapped, [s.slot for s in swaps])
+    k = len(FACT_SLOTS)  # a post's k swaps share its faithful summary: score that once
+    firsts = swaps[::k]
+    faithful = tokenize_summaries([s.post for s in firsts], [s.faithful for s in firsts], tok, *budget)
+    swapped = tokenize_summaries([s.post for s in swaps], [s.swapped for s in swaps], tok, *budget)
+    r_faithful, r_swapped = (
+        score_sequences(model, x, tok.pad_token_id, 32, acc, multiple) for x in (faithful, swapped)
+    )
+    return fact_check([r for r in r_faithful for _ in range(k)], r_swapped, [s.slot for s in swaps])
 
 
 def set_reference_bias(
