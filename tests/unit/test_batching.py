@@ -1,7 +1,6 @@
 """Batch widths rounded up to a multiple (`model.pad_to_multiple_of`): more padding, the same losses."""
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from prefopt.batching import IGNORE, TokenizedPair, collate_left, collate_right, collate_sft, round_up
 from prefopt.sft.train import completion_nll
@@ -21,13 +20,8 @@ def test_left_and_right_padding_to_a_multiple():
     assert right["input_ids"].shape == (2, 8) and right["attention_mask"].sum().item() == 6
 
 
-def test_sft_loss_is_the_same_at_any_width_multiple():
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=64, pad_token_id=PAD,
-    )  # fmt: skip
-    model = Qwen3ForCausalLM(cfg).eval()
+def test_sft_loss_is_the_same_at_any_width_multiple(tiny_qwen3):
+    model = tiny_qwen3(vocab_size=40)
     pairs = [TokenizedPair([3, 4, 5, 6], [7, 8, 1]), TokenizedPair([9, 10], [11, 1])]
     narrow, wide = collate_sft(pairs, PAD), collate_sft(pairs, PAD, multiple=16)
     assert narrow["input_ids"].shape[1] == 7 and wide["input_ids"].shape[1] == 16

@@ -4,7 +4,6 @@ log-probs and values (positions count real tokens only), and is narrower."""
 import copy
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from prefopt.models.roles import SeparateRoles
 from prefopt.ppo.rollout import Rollout, response_logprobs, response_values
@@ -12,13 +11,8 @@ from prefopt.ppo.rollout import Rollout, response_logprobs, response_values
 PAD = 0
 
 
-def _roles() -> SeparateRoles:
-    torch.manual_seed(0)
-    cfg = Qwen3Config(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=64, pad_token_id=PAD,
-    )  # fmt: skip
-    lm = Qwen3ForCausalLM(cfg).eval()
+def _roles(tiny_qwen3) -> SeparateRoles:
+    lm = tiny_qwen3(vocab_size=50)
     value, reward = copy.deepcopy(lm.model), copy.deepcopy(lm.model)
     heads = [torch.nn.Linear(32, 1) for _ in range(2)]
     return SeparateRoles(lm, copy.deepcopy(lm), value, heads[0], reward, heads[1], 0.0)
@@ -41,8 +35,8 @@ def _rollout(prompt_lengths: list[int], width: int, r: int = 5) -> Rollout:
     )
 
 
-def test_trimmed_micro_batch_gives_the_same_logprobs_and_values():
-    roles = _roles()
+def test_trimmed_micro_batch_gives_the_same_logprobs_and_values(tiny_qwen3):
+    roles = _roles(tiny_qwen3)
     ro = _rollout([4, 6, 3], width=11)  # 5 columns are padding in every row
     trimmed = ro.without_pad_columns()
     assert trimmed.queries.shape == (3, 6) and trimmed.responses.shape == ro.responses.shape
@@ -56,8 +50,8 @@ def test_trimmed_micro_batch_gives_the_same_logprobs_and_values():
         )
 
 
-def test_trimmed_width_stays_a_multiple_and_outputs_are_unchanged():
-    roles = _roles()
+def test_trimmed_width_stays_a_multiple_and_outputs_are_unchanged(tiny_qwen3):
+    roles = _roles(tiny_qwen3)
     ro = _rollout([4, 6, 3], width=11)  # 6 real columns at most
     for multiple, width in ((4, 8), (8, 8), (16, 11)):  # 16 > 11: nothing can be dropped
         trimmed = ro.without_pad_columns(multiple)
@@ -74,12 +68,12 @@ def test_without_pad_columns_keeps_a_full_width_batch():
     assert ro.without_pad_columns() is ro
 
 
-def test_collect_gives_the_fixed_score_to_responses_without_eos():
+def test_collect_gives_the_fixed_score_to_responses_without_eos(tiny_qwen3):
     """No EOS in the budget -> `missing_eos_score` replaces the reward model's score (kept as raw_scores)."""
     from prefopt.models.roles import reward_score
     from prefopt.ppo.rollout import collect
 
-    roles = _roles()
+    roles = _roles(tiny_qwen3)
     ro = _rollout([4, 6, 3], width=6)
     kw = dict(response_length=5, temperature=0.7, pad_id=PAD, forward_batch=2)
     torch.manual_seed(0)
