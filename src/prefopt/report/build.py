@@ -31,6 +31,7 @@ import yaml
 
 from prefopt.report import plots
 from prefopt.report.template import page
+from prefopt.reward.evaluate import testbed_scalars
 from prefopt.runs import STAGES, atomic_write_text, read_complete
 from prefopt.tracking import read_metrics
 
@@ -292,12 +293,7 @@ def _reward_extra(view: StageView, plots_dir: Path) -> str:
         calib = report.get("calibration") or {}
         if isinstance(calib.get("ece"), int | float):
             flat["calibration error (ECE)"] = calib["ece"]
-        for k, v in (report.get("testbed") or {}).items():  # fact_check holds one rate per fact slot
-            flat |= (
-                {f"testbed: {k} {sub}": x for sub, x in v.items()}
-                if isinstance(v, dict)
-                else {f"testbed: {k}": v}
-            )
+        flat |= {f"testbed: {k.replace('/', ' ')}": v for k, v in testbed_scalars(report).items()}
         flat |= {f"length: {k}": v for k, v in (report.get("length") or {}).items()}
         out += "<h3>Held-out comparisons</h3>" + _kv_table(flat)
     figures = []

@@ -194,9 +194,15 @@ def flat_metrics(report: dict) -> dict[str, float]:
     out |= {
         f"eval/confidence_{c}/accuracy": v["accuracy"] for c, v in report["accuracy_by_confidence"].items()
     }
-    for k, v in report.get("testbed", {}).items():
-        items = v.items() if isinstance(v, dict) else [(None, v)]  # fact_check: one value per slot
-        out |= {"/".join(filter(None, ("eval/testbed", k, sub))): x for sub, x in items}
+    out |= {f"eval/testbed/{k}": v for k, v in testbed_scalars(report).items()}
+    return out
+
+
+def testbed_scalars(report: dict) -> dict[str, float]:
+    """The testbed section as flat scalars; `fact_check`'s per-slot rates become `fact_check/<slot>`."""
+    out: dict[str, float] = {}
+    for k, v in (report.get("testbed") or {}).items():
+        out |= {f"{k}/{slot}": x for slot, x in v.items()} if isinstance(v, dict) else {k: v}
     return out
 
 

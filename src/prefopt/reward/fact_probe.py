@@ -15,24 +15,20 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefopt.batching import prompt_ids
 from prefopt.data.testbed import FactSwap, fact_swaps
 from prefopt.data.testbed_writers import FACT_SLOTS
-from prefopt.reward.evaluate import fact_check
 
 
 def lm_fact_check(model, tok, swaps: Sequence[FactSwap], budget: tuple[int, int]) -> dict[str, float]:
     """(a): per slot, how often log pi(faithful | post) > log pi(swapped | post) under causal LM `model`."""
     from prefopt.eval.evaluate import response_logprobs
-    from prefopt.reward.train import tokenize_summaries
+    from prefopt.reward.train import score_fact_swaps
 
-    prompts = [prompt_ids(s.post, tok, budget[0]) for s in swaps]
-    sums = []
-    for side in ("faithful", "swapped"):
-        seqs = tokenize_summaries([s.post for s in swaps], [getattr(s, side) for s in swaps], tok, *budget)
-        lps = response_logprobs(model, prompts, [x.completion for x in seqs], tok.pad_token_id)
-        sums.append([sum(lp) for lp in lps])
-    return fact_check(*sums, [s.slot for s in swaps])
+    def log_likelihood(seqs) -> list[float]:
+        prompts, completions = [x.prompt for x in seqs], [x.completion for x in seqs]
+        return [sum(lp) for lp in response_logprobs(model, prompts, completions, tok.pad_token_id)]
+
+    return score_fact_swaps(swaps, tok, budget, log_likelihood)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:

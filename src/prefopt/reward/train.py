@@ -52,6 +52,7 @@ from prefopt.tracking import Tracker, progress
 from prefopt.trainstate import local_microbatches, resume, save_ckpt
 
 EVAL_FILE = "eval.json"
+FACT_CHECK_POSTS = 100  # x 5 slots: 500 fact-swap pairs (600 sequences) in the testbed evaluation
 
 
 def train(cfg: Config, accelerator=None) -> Path:
@@ -188,8 +189,6 @@ def train(cfg: Config, accelerator=None) -> Path:
     return st.dir
 
 
-FACT_CHECK_POSTS = 100  # x 5 slots: 500 fact-swap pairs in the testbed evaluation (~10 s on 2 cores)
-
 # ---------------------------------------------------------------- the math
 
 
@@ -290,19 +289,27 @@ def fact_check_scores(
     multiple: int = 1,
     n_posts: int = FACT_CHECK_POSTS,
 ) -> dict[str, float]:
-    """The testbed's fact swaps of `n_posts` posts of `split`, scored: per slot, how often the faithful
-    summary outscores its twin with that one fact swapped (0.5 = the fact is not checked)."""
+    """The testbed's fact swaps of `n_posts` posts of `split`, scored by the reward model: per slot, how
+    often the faithful summary outscores its twin with that one fact swapped (0.5 = not checked)."""
     from prefopt.data.testbed import fact_swaps
+
+    def score(seqs: list[TokenizedPair]) -> list[float]:
+        return score_sequences(model, seqs, tok.pad_token_id, 32, acc, multiple)
+
+    return score_fact_swaps(fact_swaps(split, n_posts, seed), tok, budget, score)
+
+
+def score_fact_swaps(swaps, tok, budget: tuple[int, int], score) -> dict[str, float]:
+    """`fact_check` of `swaps` under `score` (tokenised sequences -> one number each, higher = better).
+    A post's swaps share its faithful summary, so that one is tokenised and scored once."""
     from prefopt.data.testbed_writers import FACT_SLOTS
 
-    swaps = fact_swaps(split, n_posts, seed)
-    k = len(FACT_SLOTS)  # a post's k swaps share its faithful summary: score that once
+    k = len(FACT_SLOTS)  # `fact_swaps` gives each post's k swaps in a row
     firsts = swaps[::k]
-    faithful = tokenize_summaries([s.post for s in firsts], [s.faithful for s in firsts], tok, *budget)
-    swapped = tokenize_summaries([s.post for s in swaps], [s.swapped for s in swaps], tok, *budget)
-    r_faithful, r_swapped = (
-        score_sequences(model, x, tok.pad_token_id, 32, acc, multiple) for x in (faithful, swapped)
+    r_faithful = score(
+        tokenize_summaries([s.post for s in firsts], [s.faithful for s in firsts], tok, *budget)
     )
+    r_swapped = score(tokenize_summaries([s.post for s in swaps], [s.swapped for s in swaps], tok, *budget))
     return fact_check([r for r in r_faithful for _ in range(k)], r_swapped, [s.slot for s in swaps])
 
 
