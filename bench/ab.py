@@ -3,6 +3,7 @@
     .venv/bin/python bench/ab.py --rounds 3            # sft_bf16, reward_bf16, ppo_mb4_bf16, ppo_mb4
     .venv/bin/python bench/ab.py --rounds 1 --only sft reward
     .venv/bin/python bench/ab.py --summarize /tmp/prefopt_ab_X.jsonl   # tables of an earlier session
+    .venv/bin/python bench/ab.py --rounds 3 --only ppo_mb4_bf16 ppo_floor_bf16 ppo_floor_bf16_eager
 
 Each round runs every selected comparison's TRL script and prefopt's `bench_prefopt.py` one after the
 other, TRL first in odd rounds and prefopt first in even ones, so slow phases of a shared machine hit
@@ -39,6 +40,7 @@ class Comparison:
     metric: str  # the throughput the target is about
     speed_target: float | None  # prefopt / TRL, at least
     rss_target: float | None  # prefopt / TRL peak RSS, at most
+    script: str = "bench_prefopt.py"  # the non-TRL side: prefopt, or the PPO floor (not an implementation)
 
 
 COMPARISONS = {
@@ -88,6 +90,21 @@ COMPARISONS = {
             "ppo_mb4_bf16", "ppo", ("ppo", "bench_ppo.py"), "ppo_prefopt_mb4_bf16",
             ("--stage", "ppo", "--ppo-epochs", "4", "--micro-batch", "4", "--bf16"), "episodes_per_s", 2.0, 0.6,
         ),
+        Comparison(
+            "ppo_mb4_bf16_eager", "ppo", ("ppo", "bench_ppo.py"), "ppo_prefopt_mb4_bf16_eager",
+            ("--stage", "ppo", "--ppo-epochs", "4", "--micro-batch", "4", "--bf16", "--attn", "eager"),
+            "episodes_per_s", 2.0, 0.6,
+        ),
+        # not prefopt: the passes four-model PPO cannot skip, in plain PyTorch, generation left out
+        # (bench/ppo_floor.py); its ratio to TRL bounds any implementation's on these kernels
+        Comparison(
+            "ppo_floor_bf16", "ppo", ("ppo", "bench_ppo.py"), "ppo_floor_bf16", ("--bf16",), "episodes_per_s",
+            None, None, "ppo_floor.py",
+        ),
+        Comparison(
+            "ppo_floor_bf16_eager", "ppo", ("ppo", "bench_ppo.py"), "ppo_floor_bf16_eager",
+            ("--bf16", "--attn", "eager"), "episodes_per_s", None, None, "ppo_floor.py",
+        ),
     )
 }  # fmt: skip
 DEFAULT = ("sft_bf16", "reward_bf16", "ppo_mb4_bf16", "ppo_mb4")
@@ -111,9 +128,9 @@ def jobs_for_round(selected: list[Comparison], round_no: int) -> list[tuple[str,
     for c in selected:
         trl = ("trl", c.trl_bench, [f"{VENVS[c.trl_cmd[0]]}/bin/python", *c.trl_cmd[1:]], harness.PEER_DIR)
         ours = (
-            "prefopt",
+            "prefopt" if c.script == "bench_prefopt.py" else "floor",
             c.prefopt_bench,
-            [sys.executable, str(Path(__file__).with_name("bench_prefopt.py")), *c.prefopt_args],
+            [sys.executable, str(Path(__file__).with_name(c.script)), *c.prefopt_args],
             harness.REPO,
         )
         pair = [trl, ours] if round_no % 2 else [ours, trl]

@@ -52,7 +52,12 @@ def bench_name(stage: str, lora: bool, ppo_epochs: int) -> str:
 
 
 def base_config(
-    name: str, art: Path, lora: bool, bf16: bool = False, pad_multiple: int | None = None
+    name: str,
+    art: Path,
+    lora: bool,
+    bf16: bool = False,
+    pad_multiple: int | None = None,
+    attn: str | None = None,
 ) -> dict:
     peft = dict(prep.LORA) if lora else {"method": "none"}
     return {
@@ -69,6 +74,7 @@ def base_config(
             "mixed_precision": "bf16" if bf16 else "no",
             "gradient_checkpointing": False,
             "pad_to_multiple_of": pad_multiple,  # None: 16 under bf16, 1 in fp32
+            "attn_implementation": attn,  # None: transformers' default (SDPA), as on the TRL side
         },
         "data": {"max_prompt_tokens": 512, "max_summary_tokens": 53},
         "peft": peft,
@@ -76,7 +82,7 @@ def base_config(
 
 
 def sft_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple, a.attn)
     cfg["data"] |= {"sft_source": str(art / "data" / "sft.jsonl"), "limit_train": 512, "limit_eval": 16}
     cfg["sft"] = {
         "epochs": 1.0,
@@ -91,7 +97,7 @@ def sft_config(a, art: Path, prepared: Path) -> dict:
 
 
 def reward_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple, a.attn)
     cfg["data"] |= {
         "comparisons_source": str(prepared / "data" / "prefs"),
         "sft_source": str(art / "data" / "sft.jsonl"),
@@ -111,7 +117,7 @@ def reward_config(a, art: Path, prepared: Path) -> dict:
 
 
 def ppo_config(a, art: Path, prepared: Path) -> dict:
-    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple)
+    cfg = base_config(a.name, art, a.lora, a.bf16, a.pad_multiple, a.attn)
     cfg["data"] |= {"sft_source": str(prepared / "data" / "ppo_prompts.jsonl"), "limit_train": a.episodes}
     cfg["ppo"] = {
         "total_episodes": a.episodes,
@@ -388,11 +394,13 @@ def main() -> None:
     ap.add_argument(
         "--pad-multiple", type=int, default=None, help="model.pad_to_multiple_of (default: 16 in bf16)"
     )
+    ap.add_argument("--attn", choices=("eager", "sdpa"), default=None, help="model.attn_implementation")
     a = ap.parse_args()
     a.name = (
         bench_name(a.stage, a.lora, a.ppo_epochs)
         + (f"_mb{a.micro_batch}" if a.micro_batch != 16 else "")
         + ("_bf16" if a.bf16 else "")
+        + (f"_{a.attn}" if a.attn else "")
     )
 
     # the prepared folder is built in a child process: its memory never reaches this ru_maxrss

@@ -42,6 +42,12 @@ class ModelConfig(_Section):
     """Round each batch's sequence width up to a multiple of this (`None` = 16 under mixed precision, 1
     without). Under bf16 on CPU, oneDNN builds and caches a kernel for every new matmul shape, about
     50 ms and tens of MiB each: few distinct widths make bf16 faster than fp32 instead of slower."""
+    attn_implementation: (
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
+    ) = None
+    """Attention kernels of the SFT, reward and PPO models (transformers' `attn_implementation`; None =
+    its default, SDPA). A kernel choice only: outputs are equal to float tolerance. On CPU, `eager` is
+    ~10% faster for PPO's short sequences (docs/performance.md); on GPU, SDPA or flash attention."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~25% slower."""
     tiny_pretrain_steps: int = Field(300, gt=0)
@@ -241,6 +247,10 @@ class Config(_Section):
     def _check_combinations(self) -> Config:
         if self.peft.method == "prefix" and self.model.gradient_checkpointing:
             raise ValueError("peft.method=prefix cannot be combined with model.gradient_checkpointing=true")
+        if self.peft.method == "prefix" and self.model.attn_implementation is not None:
+            raise ValueError(
+                "peft.method=prefix brings its own attention: leave model.attn_implementation unset"
+            )
         if self.model.preset == "testbed-tiny" and self.data.sft_source != "testbed":
             pass  # allowed: a tiny base on real data is a valid smoke test
         return self

@@ -158,3 +158,32 @@ def test_ppo_under_bf16_autocast_on_cpu(tiny_cfg, monkeypatch):
     for r in rows:
         assert r["first/ratio_mean"] == pytest.approx(1.0, abs=2e-2)
         assert all(v == v for v in r.values() if isinstance(v, float))  # no NaN
+
+
+def test_attention_kernels_reach_every_role_and_change_no_output(tiny_cfg):
+    """model.attn_implementation=eager runs all three stages on eager kernels; the four PPO roles get it,
+    and the policy's hidden states equal those of transformers' default kernels (SDPA) under left padding."""
+    from prefopt.models.load import load_tokenizer, set_attention
+    from prefopt.models.roles import build_roles
+
+    cfg = tiny_cfg("model.attn_implementation=eager")
+    _prepare(cfg)
+    sft_dir = cfg.run_dir / "sft" / "model"
+    tok = load_tokenizer(str(sft_dir))
+    roles = build_roles(
+        sft_dir, cfg.run_dir / "reward" / "model", tok, share_base=False, lora_cfg=cfg.peft, device="cpu",
+        attn_implementation="eager",
+    )  # fmt: skip
+    assert {r: m.config._attn_implementation for r, m in roles.lms.items()} == dict.fromkeys(
+        roles.lms, "eager"
+    )
+    ids = torch.randint(2, len(tok), (3, 24), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :7], mask[1, :2] = 0, 0  # left padding
+    with torch.no_grad():
+        eager = roles.hidden("policy", ids, mask)
+        set_attention(roles.lms["policy"], "sdpa")
+        assert roles.lms["policy"].config._attn_implementation == "sdpa"
+        sdpa = roles.hidden("policy", ids, mask)
+    real = mask.bool()
+    assert torch.allclose(eager[real], sdpa[real], atol=1e-5), (eager[real] - sdpa[real]).abs().max()

@@ -21,6 +21,7 @@ def test_overrides_are_typed_and_nested():
         ("ppo.kl_coef=abc", "ppo.kl_coef:"),
         ("peft.method=foo", "peft.method:"),
         ("sft.lr=-1", "sft.lr:"),
+        ("model.attn_implementation=flash", "model.attn_implementation:"),
         ("nonsense", "expected key=value"),
     ],
 )
@@ -65,3 +66,9 @@ def test_cli_names_the_bad_key_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "ppo.kl_coef" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prefix_tuning_refuses_other_attention_kernels():
+    assert build_config({}, ["model.attn_implementation=eager"]).model.attn_implementation == "eager"
+    with pytest.raises(ConfigError, match="prefix brings its own attention"):
+        build_config({}, ["peft.method=prefix", "model.attn_implementation=eager"])

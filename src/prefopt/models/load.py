@@ -189,6 +189,18 @@ def load_causal_lm(
     return model.to(device)
 
 
+def set_attention(model: nn.Module, impl: str | None) -> None:
+    """Use the `impl` attention kernels in a loaded model, also inside a peft or scalar-head wrapper
+    (None: keep transformers' choice). The outermost transformers model sets its submodules too."""
+    if impl is None:
+        return
+    for module in model.modules():  # pre-order: the outermost PreTrainedModel comes first
+        if isinstance(module, PreTrainedModel):
+            module.set_attn_implementation(impl)
+            return
+    raise TypeError(f"{type(model).__name__} holds no transformers model to set attention kernels on")
+
+
 def count_parameters_meta(config: PretrainedConfig) -> int:
     """Parameter count of the causal LM `config` describes, built on the meta device (no memory).
 

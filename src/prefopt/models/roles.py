@@ -207,12 +207,15 @@ def build_roles(
     lora_cfg,
     device: str,
     gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
 ):
     """Load the SFT policy and the reward model into the four roles (shared when both use LoRA)."""
     from prefopt.models.adapters import load_merged_policy, read_meta, targets_for
+    from prefopt.models.load import set_attention
     from prefopt.reward.model import load_reward_adapter_into, load_reward_model
 
     sft = load_merged_policy(sft_model_dir, tokenizer, device=device)
+    set_attention(sft, attn_implementation)  # the copies below (reference, shared roles) inherit it
     reward_meta = read_meta(reward_model_dir)
     if share_base and reward_meta.get("method") == "lora":
         from peft import LoraConfig, get_peft_model
@@ -231,6 +234,7 @@ def build_roles(
         _checkpointing(sft, gradient_checkpointing)
         return SharedRoles(model, value_head.to(device), reward_head.to(device), bias)
     reward = load_reward_model(reward_model_dir, tokenizer, device=device)
+    set_attention(reward, attn_implementation)
     value = copy.deepcopy(reward)
     ref = copy.deepcopy(sft)
     for trained in (sft, value.trunk):

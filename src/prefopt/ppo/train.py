@@ -57,6 +57,7 @@ def train(cfg: Config, accelerator=None) -> Path:
             lora_cfg=cfg.peft,
             device=str(acc.device),
             gradient_checkpointing=cfg.model.gradient_checkpointing,
+            attn_implementation=cfg.model.attn_implementation,
         )
         params = roles.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5)

@@ -36,7 +36,7 @@ from prefopt.data import tldr
 from prefopt.data.load import load_comparisons, load_sft
 from prefopt.data.types import Comparison, Post
 from prefopt.models.heads import last_real_index
-from prefopt.models.load import load_tokenizer
+from prefopt.models.load import load_tokenizer, set_attention
 from prefopt.optim import make_scheduler
 from prefopt.reward.evaluate import (
     RELIABILITY_PNG,
@@ -67,6 +67,7 @@ def train(cfg: Config, accelerator=None) -> Path:
         model, peft_wrapper = build_reward_model(
             sft_dir, tok, cfg.peft, dtype=cfg.model.dtype, device=str(acc.device)
         )
+        set_attention(model, cfg.model.attn_implementation)
         if cfg.model.gradient_checkpointing:
             model.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 

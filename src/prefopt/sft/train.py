@@ -24,7 +24,7 @@ from prefopt.config import Config, derive
 from prefopt.data.load import load_sft
 from prefopt.models.adapters import apply_peft, save_policy
 from prefopt.models.base import resolve_base, tokenizer_source
-from prefopt.models.load import load_causal_lm, load_tokenizer
+from prefopt.models.load import load_causal_lm, load_tokenizer, set_attention
 from prefopt.optim import make_optimizer, make_scheduler
 from prefopt.stage import Stage, open_stage
 from prefopt.tracking import Tracker, progress
@@ -44,7 +44,9 @@ def train(cfg: Config, accelerator=None) -> Path:
         acc.wait_for_everyone()
         base = base or resolve_base(cfg)
         tok = load_tokenizer(tokenizer_source(cfg, base), eos_token=cfg.model.eos_token)
-        model = apply_peft(load_causal_lm(base, tok, dtype=cfg.model.dtype, device=str(acc.device)), cfg.peft)
+        model = load_causal_lm(base, tok, dtype=cfg.model.dtype, device=str(acc.device))
+        set_attention(model, cfg.model.attn_implementation)  # before peft: prefix tuning sets its own
+        model = apply_peft(model, cfg.peft)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
 
