@@ -46,8 +46,9 @@ class ModelConfig(_Section):
         Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
     ) = None
     """Attention kernels of the SFT, reward and PPO models (transformers' `attn_implementation`; None =
-    its default, SDPA). A kernel choice only: outputs are equal to float tolerance. On CPU, `eager` is
-    ~10% faster for PPO's short sequences (docs/performance.md); on GPU, SDPA or flash attention."""
+    its default, SDPA). A kernel choice only: outputs are equal to float tolerance. GPU users may want
+    `flash_attention_2`; on CPU, `eager` trains short sequences faster but generates slower
+    (docs/performance.md)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~25% slower."""
     tiny_pretrain_steps: int = Field(300, gt=0)
