@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint setup clean-demo bench reward-long
 
 # torch==2.13.0 is pinned in requirements.lock: on this kind of machine pip takes the CPU build from local disk.
+# --no-compile: Python compiles only the modules it imports, on first import (setup 40 s instead of 64 s).
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
