@@ -29,11 +29,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 
 # The reward issue's longer run: the demo's SFT model, then a reward model on 100,000 testbed comparisons
-# (the size of OpenAI's TL;DR comparison set), 1 epoch, ~20 min on 2 cores. Needs `make demo` first.
+# (the size of OpenAI's TL;DR comparison set), 1 epoch, judged on 5,000 held-out pairs (standard error of an
+# accuracy ~0.6 points, against ~1.3 on the usual 1,000), ~20 min on 2 cores. Needs `make demo` first.
 reward-long: $(STAMP)
 	test -f runs/testbed/sft/DONE.json || $(MAKE) demo
 	mkdir -p runs/testbed-rm100k && cp -rn runs/testbed/base runs/testbed/sft runs/testbed-rm100k/
-	$(VENV)/bin/prefopt reward configs/testbed.yaml name=testbed-rm100k data.limit_train=100000 reward.epochs=1
+	$(VENV)/bin/prefopt reward configs/testbed.yaml name=testbed-rm100k data.limit_train=100000 data.limit_eval=5000 reward.epochs=1
 	$(PY) -m prefopt.reward.fact_probe runs/testbed-rm100k
 
 clean-demo:
