@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from types import SimpleNamespace
 
 import harness
 
@@ -34,10 +35,12 @@ def padded_batches(rows: list[list[int]], micro: int, multiple: int, pad_id: int
     """Micro-batches of rows sorted by length, right-padded to the longest (rounded up to `multiple`)."""
     import torch
 
+    from prefopt.batching import round_up
+
     rows = sorted(rows, key=len)
     for i in range(0, len(rows), micro):
         chunk = rows[i : i + micro]
-        width = -(-max(map(len, chunk)) // multiple) * multiple
+        width = round_up(max(map(len, chunk)), multiple)
         ids = torch.full((len(chunk), width), pad_id)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for j, r in enumerate(chunk):
@@ -138,7 +141,7 @@ def main() -> None:
         positions=sum(map(len, seqs)),
         attn=a.attn,
     )
-    timer = type("T", (), {"t_begin": t0, "step_ends": step_ends})
+    timer = SimpleNamespace(t_begin=t0, step_ends=step_ends)  # what common.finish reads of a timer
     name = "ppo_floor" + ("_bf16" if a.bf16 else "") + ("_eager" if a.attn == "eager" else "")
     keys = ("episodes_per_s", "wall_s")
     common.finish(name, res, timer=timer, setup_s=setup_s, env=env, extra_keys_first=keys)

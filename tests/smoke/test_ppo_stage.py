@@ -161,7 +161,7 @@ def test_ppo_under_bf16_autocast_on_cpu(tiny_cfg, monkeypatch):
 
 
 def test_attention_kernels_reach_every_role_and_change_no_output(tiny_cfg):
-    """model.attn_implementation=eager runs all three stages on eager kernels; the four PPO roles get it,
+    """The SFT and reward stages run with model.attn_implementation=eager set; the four PPO roles get it,
     and the policy's hidden states equal those of transformers' default kernels (SDPA) under left padding."""
     from prefopt.models.load import load_tokenizer, set_attention
     from prefopt.models.roles import build_roles
