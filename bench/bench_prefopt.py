@@ -157,15 +157,20 @@ class Batches:
 
     def wrap(self, collate):
         def counted(*args, **kwargs):
+            import torch
+
             batch = collate(*args, **kwargs)
             if self.clock.running and batch is not None:
                 ids, mask = batch["input_ids"], batch["attention_mask"]
                 labels = batch.get("labels")
                 loss = int((labels != -100).sum()) if labels is not None else None
-                if "completion_ids" in batch:  # prompts once + k completions each: count the k*B sequences'
-                    comp, k = batch["completion_mask"], batch["completion_ids"].shape[0] // ids.shape[0]
-                    real = int(comp.sum()) + k * int(mask.sum())  # real tokens, as if scored in full
-                    self.rows.append((int(comp.shape[0]), real, int(ids.numel() + comp.numel()), loss))
+                if "completion_ids" in batch:  # distinct prompts and summaries once: count, as if scored
+                    rows = torch.cat(
+                        [batch["chosen"], batch["rejected"]]
+                    )  # in full, the 2B sequences' tokens
+                    full = batch["completion_mask"].sum(1) + mask.sum(1)[batch["completion_prompt"]]
+                    padded = int(ids.numel() + batch["completion_ids"].numel())
+                    self.rows.append((len(rows), int(full[rows].sum()), padded, loss))
                 else:
                     self.rows.append((int(ids.shape[0]), int(mask.sum()), int(ids.numel()), loss))
             return batch
@@ -219,8 +224,7 @@ def run_reward(a, common, clock, art, prepared) -> dict:
 
     clock.install(stage)
     batches = Batches(clock)
-    stage.collate_pairs = batches.wrap(stage.collate_pairs)
-    stage.collate_shared_prompt = batches.wrap(stage.collate_shared_prompt)
+    stage.collate_grouped = batches.wrap(stage.collate_grouped)
     heads, build = head_weights(prepared), stage.build_reward_model
 
     def build_with_harness_head(*args, **kwargs):

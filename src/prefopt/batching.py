@@ -107,6 +107,18 @@ def length_grouped_order(
     return [i for b in batches for i in b]
 
 
+def grouped_order(lengths: Sequence[int], groups: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """`length_grouped_order` over groups: the indices of one group (one post's comparisons) stay next
+    to each other, in their own order, so a batch encodes that post once (`collate_grouped`)."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    units = list(members.values())
+    per_batch = max(1, round(batch_size * len(units) / max(1, len(lengths))))
+    order = length_grouped_order([max(lengths[i] for i in u) for u in units], per_batch, seed)
+    return [i for u in order for i in units[u]]
+
+
 def round_up(n: int, multiple: int) -> int:
     """`n` rounded up to a multiple of `multiple` (the batch widths of `model.pad_to_multiple_of`)."""
     return -(-n // multiple) * multiple
@@ -158,18 +170,34 @@ def collate_right(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1)
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def collate_shared_prompt(
+def collate_grouped(
     pairs: Sequence[tuple[TokenizedPair, TokenizedPair]], pad_id: int, multiple: int = 1
-) -> dict[str, torch.Tensor] | None:
-    """Each pair's prompt ONCE (left-padded [B, P]) and its chosen and rejected completions as rows
-    2i, 2i+1 of a right-padded [2B, S] batch, for `ScalarHeadModel`'s shared-prompt forward.
-    None when some pair's two prompts differ (then use `collate_pairs`)."""
-    if any(c.prompt != r.prompt for c, r in pairs):
-        return None
-    comps = collate_right([x.completion for pair in pairs for x in pair], pad_id, multiple)
-    out = collate_left([c.prompt for c, _ in pairs], pad_id, multiple)
-    out |= {"completion_ids": comps["input_ids"], "completion_mask": comps["attention_mask"]}
-    return out
+) -> dict[str, torch.Tensor]:
+    """Comparisons as their distinct prompts and distinct completions, for `ScalarHeadModel`'s
+    shared-prompt forward: every prompt is encoded once, every summary scored once, however many
+    comparisons of the batch they appear in (OpenAI's TL;DR comparisons: ~6 per post over ~4 summaries).
+
+    input_ids / attention_mask [P, Tp]   the distinct prompts, left-padded
+    completion_ids / completion_mask [N, S]   the distinct (prompt, completion) pairs, right-padded
+    completion_prompt [N]   which prompt row each completion continues
+    chosen / rejected [B]   the completion rows of each comparison's two summaries
+    """
+    prompts: dict[tuple[int, ...], int] = {}
+    rows: dict[tuple[int, tuple[int, ...]], int] = {}
+    sides: list[list[int]] = [[], []]
+    for pair in pairs:
+        for side, x in zip(sides, pair, strict=True):
+            p = prompts.setdefault(tuple(x.prompt), len(prompts))
+            side.append(rows.setdefault((p, tuple(x.completion)), len(rows)))
+    out = collate_left(list(prompts), pad_id, multiple)
+    comps = collate_right([c for _, c in rows], pad_id, multiple)
+    return out | {
+        "completion_ids": comps["input_ids"],
+        "completion_mask": comps["attention_mask"],
+        "completion_prompt": torch.tensor([p for p, _ in rows], dtype=torch.long),
+        "chosen": torch.tensor(sides[0], dtype=torch.long),
+        "rejected": torch.tensor(sides[1], dtype=torch.long),
+    }
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

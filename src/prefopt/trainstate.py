@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prefopt.batching import length_grouped_order
+from prefopt.batching import grouped_order, length_grouped_order
 from prefopt.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefopt.stage import Stage
 
@@ -32,15 +32,17 @@ def local_microbatches(
     accum: int,
     seed: int,
     acc,
+    groups: tuple[int, ...] | None = None,
 ) -> list[list[T]]:
     """This rank's `accum` micro-batches of global step `step`.
 
     Example g of the stream is order(epoch = g // n)[g % n]; each epoch's length-grouped order is seeded
     by `seed + epoch`, identical on every rank, and the step's `batch_size` examples are dealt out as
-    `accum` micro-batches per rank (rank r gets micro-batches r*accum .. (r+1)*accum - 1)."""
+    `accum` micro-batches per rank (rank r gets micro-batches r*accum .. (r+1)*accum - 1). With
+    `groups` (a group id per item), the items of a group stay together in the order."""
     n = len(items)
     idx = [
-        epoch_order(lengths, seed + g // n, micro)[g % n]
+        epoch_order(lengths, seed + g // n, micro, groups)[g % n]
         for g in range(step * batch_size, (step + 1) * batch_size)
     ]
     mbs = [[items[i] for i in idx[k * micro : (k + 1) * micro]] for k in range(accum * acc.num_processes)]
@@ -48,7 +50,11 @@ def local_microbatches(
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_order(lengths: tuple[int, ...], seed: int, micro: int) -> list[int]:
+def epoch_order(
+    lengths: tuple[int, ...], seed: int, micro: int, groups: tuple[int, ...] | None = None
+) -> list[int]:
+    if groups is not None:
+        return grouped_order(lengths, groups, micro, seed)
     return length_grouped_order(lengths, micro, seed)
 
 

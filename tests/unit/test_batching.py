@@ -1,8 +1,19 @@
-"""Batch widths rounded up to a multiple (`model.pad_to_multiple_of`): more padding, the same losses."""
+"""Batch widths rounded up to a multiple (`model.pad_to_multiple_of`): more padding, the same losses;
+shuffled orders that keep one post's comparisons together."""
+
+import random
 
 import torch
 
-from prefopt.batching import IGNORE, TokenizedPair, collate_left, collate_right, collate_sft, round_up
+from prefopt.batching import (
+    IGNORE,
+    TokenizedPair,
+    collate_left,
+    collate_right,
+    collate_sft,
+    grouped_order,
+    round_up,
+)
 from prefopt.sft.train import completion_nll
 
 PAD = 0
@@ -30,3 +41,20 @@ def test_sft_loss_is_the_same_at_any_width_multiple(tiny_qwen3):
         torch.testing.assert_close(
             completion_nll(model, wide), completion_nll(model, narrow), atol=1e-5, rtol=0
         )
+
+
+def test_grouped_order_keeps_each_group_together_and_shuffles_the_groups():
+    rng = random.Random(0)
+    groups = [g for g in range(300) for _ in range(rng.randint(1, 8))]  # 1-8 comparisons per post
+    lengths = [rng.randint(50, 400) for _ in groups]
+    order = grouped_order(lengths, groups, batch_size=32, seed=1)
+    assert sorted(order) == list(range(len(groups)))  # a permutation
+    seen = [groups[i] for i in order]
+    runs = [g for k, g in enumerate(seen) if k == 0 or g != seen[k - 1]]
+    assert len(runs) == 300  # every group is one contiguous run ...
+    for g in (0, 150, 299):
+        members = [i for i in order if groups[i] == g]
+        assert members == sorted(members)  # ... in its own order
+    assert runs != sorted(runs)  # the groups are shuffled
+    assert grouped_order(lengths, groups, 32, seed=1) == order
+    assert grouped_order(lengths, groups, 32, seed=2) != order

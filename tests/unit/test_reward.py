@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from prefopt.batching import TokenizedPair, collate_left, collate_pairs, collate_shared_prompt
+from prefopt.batching import TokenizedPair, collate_grouped, collate_left, collate_pairs
 from prefopt.data import testbed
 from prefopt.data.types import Comparison, Post
 from prefopt.models.heads import ScalarHeadModel
@@ -27,6 +27,7 @@ from prefopt.reward.evaluate import (
 from prefopt.reward.train import (
     bradley_terry_loss,
     pair_rewards,
+    score_pairs,
     score_sequences,
     set_reference_bias,
     split_by_post,
@@ -229,17 +230,27 @@ def test_split_by_post_keeps_each_post_on_one_side():
     assert split_by_post(rows, 0.25, seed=1) != (train, valid)
 
 
-def test_shared_prompt_forward_equals_scoring_each_sequence_in_full():
-    """Prompt once + both summaries on its KV cache: same rewards and same gradients as two full rows,
-    and the same again with every width rounded up to a multiple of 16 (more padding, all masked)."""
-    pairs = _pairs(seed=3, n=4)
-    shared = collate_shared_prompt(pairs, PAD)
-    assert shared["input_ids"].shape[0] == 4 and shared["completion_ids"].shape[0] == 8
-    wide = collate_shared_prompt(pairs, PAD, multiple=16)
+def _post_pairs() -> list[tuple[TokenizedPair, TokenizedPair]]:
+    """Comparisons as OpenAI's data has them: one post's three summaries in three comparisons (each
+    summary twice, once chosen and once rejected), two more posts, and one pair whose prompts differ."""
+    (c0, r0), (c1, r1), (c2, r2) = _pairs(seed=3, n=3)
+    third = TokenizedPair(c0.prompt, [7, 8, 9, 1])
+    odd = TokenizedPair(c2.prompt + [5], r2.completion)
+    return [(c0, r0), (r0, third), (third, c0), (c1, r1), (c2, odd)]
+
+
+def test_grouped_forward_equals_scoring_each_sequence_in_full():
+    """Each distinct prompt once, each distinct summary once on its prompt's KV cache: the same rewards
+    and gradients as every sequence of every comparison in full, also with widths rounded up to 16."""
+    pairs = _post_pairs()
+    grouped = collate_grouped(pairs, PAD)
+    assert grouped["input_ids"].shape[0] == 4  # 3 posts + the odd prompt
+    assert grouped["completion_ids"].shape[0] == 7  # 3 + 2 + 2 distinct (prompt, summary) rows, not 10
+    assert grouped["chosen"].tolist() == [0, 1, 2, 3, 5] and grouped["rejected"].tolist() == [1, 2, 0, 4, 6]
+    wide = collate_grouped(pairs, PAD, multiple=16)
     assert wide["input_ids"].shape[1] % 16 == 0 and wide["completion_ids"].shape[1] % 16 == 0
-    assert wide["input_ids"].shape[1] > shared["input_ids"].shape[1]
     runs = []
-    for batch in (collate_pairs(pairs, PAD), shared, wide, collate_pairs(pairs, PAD, multiple=16)):
+    for batch in (collate_pairs(pairs, PAD), grouped, wide, collate_pairs(pairs, PAD, multiple=16)):
         model = _tiny_rm(seed=1)
         r_c, r_r = pair_rewards(model, batch)
         bradley_terry_loss(r_c, r_r).mean().backward()
@@ -252,6 +263,10 @@ def test_shared_prompt_forward_equals_scoring_each_sequence_in_full():
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
-def test_shared_prompt_collate_declines_pairs_with_different_prompts():
-    (c, r), *rest = _pairs(n=2)
-    assert collate_shared_prompt([(c, TokenizedPair(c.prompt + [5], r.completion)), *rest], PAD) is None
+def test_score_pairs_equals_scoring_each_summary_alone():
+    pairs = _post_pairs()
+    model = _tiny_rm(seed=2).eval()
+    model.set_bias(0.25)
+    r_c, r_r = score_pairs(model, pairs, PAD, micro=2)  # micro-batches cut through a post's comparisons
+    expected = score_sequences(model, [c for c, _ in pairs] + [r for _, r in pairs], PAD, micro=3)
+    np.testing.assert_allclose(r_c + r_r, expected, atol=1e-5)

@@ -304,3 +304,33 @@ def test_fact_swaps_differ_from_the_faithful_summary_in_exactly_one_fact():
             assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
         else:
             assert a != b
+
+
+def test_several_summaries_per_post_give_every_pair_labelled_apart():
+    """k writers of k different qualities per post and all k(k-1)/2 pairs among them, as in OpenAI's data;
+    k = 2 is the one-comparison-per-post world."""
+    k4 = tb.post_comparisons(0, 10_000_005, 4)
+    assert len(k4) == 6 and len({c.post.id for c in k4}) == 1
+    texts = {t for c in k4 for t in (c.chosen, c.rejected)}
+    qualities = {q for c in k4 for q in (c.meta["quality_chosen"], c.meta["quality_rejected"])}
+    assert len(texts) == 4 and len(qualities) == 4
+    for c in k4:
+        assert c.meta["gold_chosen"] == tb.gold_score(c.post, c.chosen)
+    rows = tb.load_comparisons("valid", 20, per_post=4)  # 4 posts' 6 comparisons, cut to 20
+    assert (
+        len(rows) == 20
+        and [c.post.id for c in rows[:6]] == [k4[0].post.id.replace("10000005", "10000000")] * 6
+    )
+    assert rows[6:12] == tb.post_comparisons(0, 10_000_001, 4)
+    assert tb.load_comparisons("valid", 5, per_post=2) == [
+        tb.post_comparisons(0, 10_000_000 + i, 2)[0] for i in range(5)
+    ]
+    with pytest.raises(ValueError, match="summaries per post"):
+        tb.post_comparisons(0, 0, 8)
+
+
+def test_comparisons_of_several_summaries_keep_the_noise_level():
+    """The labels of a k = 4 world are as noisy as the k = 2 world's (about human agreement)."""
+    rows = tb.load_comparisons("valid", 3000, per_post=4)
+    assert abs(tb.expected_agreement(rows) - 0.75) <= 0.03
+    assert 0.78 < tb.noise_ceiling(rows) < 0.9

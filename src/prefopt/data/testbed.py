@@ -16,6 +16,7 @@ Run `python -m prefopt.data.testbed` for the generation time and the statistics 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -51,6 +52,7 @@ from prefopt.data.testbed_text import (
 )
 from prefopt.data.testbed_writers import (
     FACT_SLOTS,
+    QUALITIES,
     QUALITY_MIX,
     canonical_parts,
     draw_parts,
@@ -93,6 +95,7 @@ SPLIT_OFFSETS = {"train": 0, "valid": 10_000_000, "test": 20_000_000}
 CORPUS_OFFSET = 30_000_000
 DEFAULT_SIZES = {"train": 20_000, "valid": 1_000, "test": 1_000}
 TYPICAL_SHARE = 0.9  # P(a post keeps its event's usual feeling / question), see testbed_text.TYPICAL
+SUMMARIES_PER_POST = 2  # writers per post in the comparisons (all pairs among them are labelled)
 TAU = 0.144  # Bradley-Terry temperature on the gold scale (tuned: two labelers agree ~0.75)
 
 _ID = re.compile(r"^tb-(\d+)-(\d+)$")
@@ -295,28 +298,52 @@ def p_prefer(gold_a: float, gold_b: float, tau: float = TAU) -> float:
     return sigmoid((gold_a - gold_b) / tau)
 
 
-def _pair(draft: Draft, rng: random.Random) -> tuple[str, str, str, str]:
-    """Summaries of one post by two writers of different qualities, each drawn from the reference mix."""
-    qa = qb = sample_quality(rng)
-    while qb == qa:
-        qb = sample_quality(rng)
-    return write_reference(draft, qa, rng), qa, write_reference(draft, qb, rng), qb
+def _distinct_qualities(rng: random.Random, k: int) -> list[str]:
+    """`k` different writer qualities, each drawn from the reference mix (redrawn while repeated)."""
+    out: list[str] = []
+    while len(out) < k:
+        q = sample_quality(rng)
+        if q not in out:
+            out.append(q)
+    return out
 
 
-def make_comparison(seed: int, index: int) -> Comparison:
+def post_comparisons(seed: int, index: int, k: int = SUMMARIES_PER_POST) -> list[Comparison]:
+    """Post `index`'s k summaries by writers of k different qualities, and all k(k-1)/2 comparisons among
+    them, each labelled by its own noisy Bradley-Terry draw (like OpenAI's TL;DR comparisons: ~6 per
+    post over ~4 summaries). k = 2 is one comparison per post."""
+    if not 2 <= k <= len(QUALITIES):
+        raise ValueError(f"summaries per post must be in [2, {len(QUALITIES)}], got {k}")
     draft = make_draft(seed, index)
-    rng = random.Random(f"{seed}:{index}:cmp")
-    a, qa, b, qb = _pair(draft, rng)
-    ga, gb = score_facts(draft.facts, a).score, score_facts(draft.facts, b).score
-    if rng.random() >= p_prefer(ga, gb):
-        a, qa, ga, b, qb, gb = b, qb, gb, a, qa, ga
-    meta = {"gold_chosen": ga, "gold_rejected": gb, "quality_chosen": qa, "quality_rejected": qb}
-    return Comparison(draft.post, a, b, None, meta)
+    rng = random.Random(f"{seed}:{index}:cmp" + ("" if k == 2 else f":{k}"))
+    qualities = _distinct_qualities(rng, k)
+    texts = [write_reference(draft, q, rng) for q in qualities]
+    golds = [score_facts(draft.facts, t).score for t in texts]
+    out = []
+    for a, b in itertools.combinations(range(k), 2):
+        if rng.random() >= p_prefer(golds[a], golds[b]):
+            a, b = b, a
+        meta = {
+            "gold_chosen": golds[a],
+            "gold_rejected": golds[b],
+            "quality_chosen": qualities[a],
+            "quality_rejected": qualities[b],
+        }
+        out.append(Comparison(draft.post, texts[a], texts[b], None, meta))
+    return out
 
 
-def load_comparisons(split: str = "train", n: int | None = None, seed: int = 0) -> list[Comparison]:
-    """`n` noisy-labelled comparisons of `split`, one per post; meta: gold and quality of each side."""
-    return [make_comparison(seed, i) for i in _indices(split, n)]
+def load_comparisons(
+    split: str = "train", n: int | None = None, seed: int = 0, per_post: int = SUMMARIES_PER_POST
+) -> list[Comparison]:
+    """The first `n` noisy-labelled comparisons of `split` (default: as many as the split has posts),
+    post by post, `per_post` summaries each (`post_comparisons`); meta: gold and quality of each side."""
+    n = DEFAULT_SIZES["valid" if split == "validation" else split] if n is None else n
+    pairs = per_post * (per_post - 1) // 2
+    out = []
+    for i in _indices(split, -(-n // pairs)):
+        out += post_comparisons(seed, i, per_post)
+    return out[:n]
 
 
 def _golds(c: Comparison) -> tuple[float, float]:

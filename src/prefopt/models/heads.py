@@ -68,14 +68,16 @@ class ScalarHeadModel(nn.Module):
         attention_mask: torch.Tensor,
         completion_ids: torch.Tensor | None = None,
         completion_mask: torch.Tensor | None = None,
+        completion_prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> per-token values [B, T] (fp32, bias NOT subtracted).
 
-        With `completion_ids` [k*B, S] (right-padded; rows k*i .. k*i+k-1 continue prompt i), the
-        left-padded prompts `input_ids` are run ONCE and every completion continues from their KV
-        cache: returns values over the completion positions [k*B, S]. Gradients flow through the
-        shared cache, so this equals scoring each prompt + completion in full, at a fraction of the
-        cost when prompts are long (TL;DR: ~200 prompt tokens, ~25 summary tokens)."""
+        With `completion_ids` [N, S] (right-padded; row j continues prompt `completion_prompt[j]`,
+        default: k = N / B consecutive rows per prompt), the left-padded prompts `input_ids` are run
+        ONCE and every completion continues from its prompt's KV cache: returns values over the
+        completion positions [N, S]. Gradients flow through the shared cache, so this equals scoring
+        each prompt + completion in full, at a fraction of the cost when prompts are long (TL;DR: ~200
+        prompt tokens, ~25 summary tokens) and when one prompt has several completions."""
         out = self.trunk(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -86,10 +88,14 @@ class ScalarHeadModel(nn.Module):
             return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
         from prefopt.generate import cache_kwarg, cache_of
 
-        k = completion_ids.shape[0] // input_ids.shape[0]
+        if completion_prompt is None:
+            k = completion_ids.shape[0] // input_ids.shape[0]
+            completion_prompt = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(k)
         cache = cache_of(out)
-        cache.batch_repeat_interleave(k)  # differentiable: each prompt's keys/values serve k completions
-        mask = torch.cat([attention_mask.repeat_interleave(k, 0), completion_mask], dim=1)
+        cache.batch_select_indices(
+            completion_prompt
+        )  # differentiable gather: prompts serve their completions
+        mask = torch.cat([attention_mask[completion_prompt], completion_mask], dim=1)
         out = self.trunk(
             input_ids=completion_ids,
             attention_mask=mask,

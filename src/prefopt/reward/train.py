@@ -24,9 +24,8 @@ import torch.nn.functional as F
 
 from prefopt.batching import (
     TokenizedPair,
-    collate_pairs,
+    collate_grouped,
     collate_sft,
-    collate_shared_prompt,
     completion_ids,
     prompt_ids,
     tokenize_comparisons,
@@ -77,6 +76,7 @@ def train(cfg: Config, accelerator=None) -> Path:
         train_set = tokenize_comparisons(train_c, tok, *budget)
         valid_set = tokenize_comparisons(valid_c, tok, *budget)
         lengths = tuple(max(c.length, r.length) for c, r in train_set)  # a pair's row width in the batch
+        groups = post_groups(train_set)  # a post's comparisons share a batch: its prompt is encoded once
         total_steps = max(1, int(cfg.reward.epochs * len(train_set)) // cfg.reward.batch_size)
         st.print(f"{len(train_set)} train / {len(valid_set)} held-out comparisons, {total_steps} steps")
 
@@ -103,11 +103,11 @@ def train(cfg: Config, accelerator=None) -> Path:
                 accum=d.reward_grad_accum,
                 seed=cfg.seed,
                 acc=acc,
+                groups=groups,
             )
             n_local = sum(len(mb) for mb in batches)
             for i, mb in enumerate(batches):
-                pad = tok.pad_token_id
-                batch = collate_shared_prompt(mb, pad, mult) or collate_pairs(mb, pad, mult)
+                batch = collate_grouped(mb, tok.pad_token_id, mult)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 ctx = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(model)
                 with ctx:
@@ -200,20 +200,25 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 
 def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score a `collate_pairs` batch (chosen rows, then rejected rows: [2B, T]) in ONE forward pass;
-    returns (r_chosen [B], r_rejected [B]), read at each row's last real token (its EOS).
+    """(r_chosen [B], r_rejected [B]), each read at its summary's last real token (its EOS).
 
-    A `collate_shared_prompt` batch (prompts once, completions interleaved chosen/rejected) runs each
-    prompt once and both summaries on its cache: the same rewards for about half the compute.
+    A `collate_grouped` batch runs each distinct prompt once and each distinct summary once on its
+    prompt's cache; a `collate_pairs` batch (chosen rows, then rejected rows: [2B, T]) runs every
+    sequence in full. Both give the same rewards; both score everything in ONE call.
 
     Goes through `model(...)` (not `.score`) so a DDP-wrapped model syncs its gradients."""
-    shared = "completion_ids" in batch
-    values = model(  # [2B, T] (or [2B, S] over the completions)
-        batch["input_ids"], batch["attention_mask"], batch.get("completion_ids"), batch.get("completion_mask")
+    if "completion_ids" not in batch:
+        values = model(batch["input_ids"], batch["attention_mask"])  # [2B, T]
+        return values.gather(1, last_real_index(batch["attention_mask"])[:, None]).squeeze(1).chunk(2)
+    values = model(  # [N, S] over the distinct completions
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        batch["completion_prompt"],
     )
-    mask = batch["completion_mask"] if shared else batch["attention_mask"]
-    rewards = values.gather(1, last_real_index(mask)[:, None]).squeeze(1)  # [2B]
-    return (rewards[0::2], rewards[1::2]) if shared else rewards.chunk(2)
+    rewards = values.gather(1, last_real_index(batch["completion_mask"])[:, None]).squeeze(1)  # [N]
+    return rewards[batch["chosen"]], rewards[batch["rejected"]]
 
 
 def pair_stats(losses: torch.Tensor, r_c: torch.Tensor, r_r: torch.Tensor) -> torch.Tensor:
@@ -271,13 +276,27 @@ def score_sequences(
     return [s for _, s in sorted(out)]
 
 
+@torch.no_grad()
 def score_pairs(
     model, pairs, pad_id: int, micro: int, acc=None, multiple: int = 1
 ) -> tuple[list[float], list[float]]:
-    """Normalised rewards of the chosen and of the rejected summaries of tokenised comparisons."""
-    seqs = [c for c, _ in pairs] + [r for _, r in pairs]
-    scores = score_sequences(model, seqs, pad_id, micro, acc, multiple)
-    return scores[: len(pairs)], scores[len(pairs) :]
+    """Normalised rewards of the chosen and of the rejected summaries of tokenised comparisons, in
+    order. Consecutive comparisons of one post share its prompt's encoding (`collate_grouped`)."""
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    device = next(model.parameters()).device
+    out: list[tuple[int, float, float]] = []
+    for start in range(rank * micro, len(pairs), world * micro):
+        idx = range(start, min(start + micro, len(pairs)))
+        batch = collate_grouped([pairs[j] for j in idx], pad_id, multiple)
+        r_c, r_r = pair_rewards(model, {k: v.to(device) for k, v in batch.items()})
+        bias = float(model.bias)
+        out += zip(idx, (r_c - bias).cpu().tolist(), (r_r - bias).cpu().tolist(), strict=True)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        out = gather_object(out)
+    out.sort()
+    return [c for _, c, _ in out], [r for _, _, r in out]
 
 
 def fact_check_scores(
@@ -341,6 +360,12 @@ def load_comparison_splits(cfg: Config) -> tuple[list[Comparison], list[Comparis
     )
     valid = load_comparisons(source, cfg.data.eval_split, **_data_kw(cfg, "comparison", cfg.data.limit_eval))
     return train, valid
+
+
+def post_groups(pairs: Sequence[tuple[TokenizedPair, TokenizedPair]]) -> tuple[int, ...]:
+    """A group id per comparison: comparisons of the same prompt share one."""
+    ids: dict[tuple[int, ...], int] = {}
+    return tuple(ids.setdefault(tuple(c.prompt), len(ids)) for c, _ in pairs)
 
 
 def split_by_post(rows: Sequence[Comparison], fraction: float, seed: int) -> tuple[list, list]:
