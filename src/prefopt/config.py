@@ -80,6 +80,9 @@ class DataConfig(_Section):
     """Use only the first N training rows (None = all)."""
     limit_eval: int | None = Field(None, gt=0)
     """Use only the first N held-out rows (None = all)."""
+    testbed_summaries_per_post: int = Field(2, ge=2, le=7)
+    """Testbed comparisons only: summaries written per post, every pair among them labelled (2 = one
+    comparison per post; 4 = 6 per post, the shape of OpenAI's TL;DR comparisons)."""
 
 
 class PeftConfig(_Section):
@@ -251,6 +254,11 @@ class Config(_Section):
         if self.peft.method == "prefix" and self.model.attn_implementation is not None:
             raise ValueError(
                 "peft.method=prefix brings its own attention: leave model.attn_implementation unset"
+            )
+        if self.data.testbed_summaries_per_post != 2 and self.data.comparisons_source != "testbed":
+            raise ValueError(
+                "data.testbed_summaries_per_post shapes the testbed's comparisons; "
+                f"data.comparisons_source={self.data.comparisons_source!r} is not the testbed"
             )
         if self.model.preset == "testbed-tiny" and self.data.sft_source != "testbed":
             pass  # allowed: a tiny base on real data is a valid smoke test

@@ -72,3 +72,11 @@ def test_prefix_tuning_refuses_other_attention_kernels():
     assert build_config({}, ["model.attn_implementation=eager"]).model.attn_implementation == "eager"
     with pytest.raises(ConfigError, match="prefix brings its own attention"):
         build_config({}, ["peft.method=prefix", "model.attn_implementation=eager"])
+
+
+def test_summaries_per_post_applies_to_the_testbed_only():
+    assert build_config({}, ["data.testbed_summaries_per_post=4"]).data.testbed_summaries_per_post == 4
+    with pytest.raises(ConfigError, match="testbed_summaries_per_post"):
+        build_config({}, ["data.testbed_summaries_per_post=8"])
+    with pytest.raises(ConfigError, match="is not the testbed"):
+        build_config({}, ["data.comparisons_source=pairs.jsonl", "data.testbed_summaries_per_post=4"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefopt.data import load
+from prefopt.data import load, testbed
 from prefopt.data.load import BadRowsWarning, DataError
 from prefopt.data.types import Comparison, Post, SFTExample
 
@@ -392,7 +392,7 @@ def test_testbed_delegates_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "prefopt.data.testbed", fake)
     assert load.load_sft("testbed", "validation", limit=5, seed=3) == ["sft-example"]
     assert load.load_comparisons("testbed", seed=1) == ["comparison"]
-    assert calls == [("sft", "validation", {"seed": 3, "n": 5}), ("cmp", "train", {"seed": 1})]
+    assert calls == [("sft", "validation", {"seed": 3, "n": 5}), ("cmp", "train", {"seed": 1, "per_post": 2})]
     with pytest.raises(ValueError, match="do not apply to the testbed"):
         load.load_sft("testbed", layout="trl")
 
@@ -441,3 +441,11 @@ def test_stats_on_real_comparisons_with_qwen(comparisons_10k):
     assert out["prompt_tokens"]["p50"] == np.median(lengths) and out["prompt_tokens"]["max"] == max(lengths)
     assert out["rejected_tokens"]["max"] == max(len(tok.encode(" " + c.rejected)) for c in sample)
     assert out["posts"] == len({c.prompt for c in sample}) and out["with_confidence"] == 0
+
+
+def test_testbed_comparisons_several_per_post_through_the_loader():
+    rows = load.load_comparisons("testbed", "valid", limit=12, summaries_per_post=4)
+    assert len(rows) == 12 and len({c.post.id for c in rows}) == 2  # 6 comparisons per post
+    assert rows[:6] == testbed.post_comparisons(0, 10_000_000, 4)
+    with pytest.raises(ValueError, match="testbed only"):
+        load.load_comparisons("pairs.jsonl", summaries_per_post=4)

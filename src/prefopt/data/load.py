@@ -99,14 +99,22 @@ def load_comparisons(
     limit: int | None = None,
     seed: int = 0,
     fill_missing: Mapping[str, str] | None = None,
+    summaries_per_post: int = 2,
 ) -> list[Comparison]:
     """Human comparisons (chosen preferred over rejected); arguments as in `load_sft`.
+    `summaries_per_post` shapes the testbed's comparisons (`testbed.load_comparisons(per_post=)`).
 
     OpenAI's raw 727-row file has null title and subreddit on every row: by default that is an error
     naming the fields; `fill_missing={"subreddit": "", "title": ""}` loads it with empty placeholders
     (the filled fields are listed in each example's `meta["filled"]`).
     """
-    return _load("comparison", source, split, layout, on_bad_row, limit, seed, fill_missing)
+    if summaries_per_post != 2 and source != "testbed":
+        raise ValueError(
+            f"summaries_per_post={summaries_per_post} applies to the testbed only, not to {source!r}"
+        )
+    return _load(
+        "comparison", source, split, layout, on_bad_row, limit, seed, fill_missing, summaries_per_post
+    )
 
 
 def load_ratings(
@@ -174,6 +182,7 @@ def _load(
     limit: int | None,
     seed: int,
     fill_missing: Mapping[str, str] | None,
+    per_post: int = 2,
 ) -> list[Any]:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -181,7 +190,7 @@ def _load(
         raise ValueError(f"limit must be >= 0, got {limit}")
     fill = _check_fill(fill_missing)
     if source == "testbed":
-        return _load_testbed(kind, split, layout, limit, seed, fill)
+        return _load_testbed(kind, split, layout, limit, seed, fill, per_post)
     if layout is not None and layout not in tldr.LAYOUTS[kind]:
         raise DataError(f"unknown {kind} layout {layout!r}; accepted: {tldr.describe_layouts(kind)}")
     out: list[Any] = []
@@ -290,7 +299,13 @@ def _detect_kind(source: str, split: str) -> str:
 
 
 def _load_testbed(
-    kind: str, split: str, layout: str | None, limit: int | None, seed: int, fill: Mapping[str, str]
+    kind: str,
+    split: str,
+    layout: str | None,
+    limit: int | None,
+    seed: int,
+    fill: Mapping[str, str],
+    per_post: int,
 ) -> list[Any]:
     if layout is not None or fill:
         raise ValueError("layout= and fill_missing= do not apply to the testbed")
@@ -299,6 +314,8 @@ def _load_testbed(
     testbed = importlib.import_module("prefopt.data.testbed")  # lazy: it builds its own world
     fn = testbed.load_sft if kind == "sft" else testbed.load_comparisons
     kwargs: dict[str, Any] = {"seed": seed}
+    if kind == "comparison":
+        kwargs["per_post"] = per_post
     if limit is not None:
         kwargs["n"] = limit
     return list(fn(split, **kwargs))

@@ -387,6 +387,8 @@ def _data_kw(cfg: Config, kind: str, limit: int | None) -> dict:
     kw = {"layout": layout, "on_bad_row": cfg.data.on_bad_row, "limit": limit, "seed": cfg.seed}
     if kind == "comparison" and cfg.reward.fill_missing:
         kw["fill_missing"] = dict(cfg.reward.fill_missing)
+    if kind == "comparison":
+        kw["summaries_per_post"] = cfg.data.testbed_summaries_per_post
     return kw
 
 
