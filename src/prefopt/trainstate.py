@@ -41,10 +41,12 @@ def local_microbatches(
     `accum` micro-batches per rank (rank r gets micro-batches r*accum .. (r+1)*accum - 1). With
     `groups` (a group id per item), the items of a group stay together in the order."""
     n = len(items)
-    idx = [
-        epoch_order(lengths, seed + g // n, micro, groups)[g % n]
-        for g in range(step * batch_size, (step + 1) * batch_size)
-    ]
+    orders: dict[int, list[int]] = {}  # one cache lookup per epoch the step touches (hashing is O(n))
+    idx = []
+    for g in range(step * batch_size, (step + 1) * batch_size):
+        if g // n not in orders:
+            orders[g // n] = epoch_order(lengths, seed + g // n, micro, groups)
+        idx.append(orders[g // n][g % n])
     mbs = [[items[i] for i in idx[k * micro : (k + 1) * micro]] for k in range(accum * acc.num_processes)]
     return mbs[acc.process_index * accum : (acc.process_index + 1) * accum]
 

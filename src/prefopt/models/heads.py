@@ -92,9 +92,8 @@ class ScalarHeadModel(nn.Module):
             k = completion_ids.shape[0] // input_ids.shape[0]
             completion_prompt = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(k)
         cache = cache_of(out)
-        cache.batch_select_indices(
-            completion_prompt
-        )  # differentiable gather: prompts serve their completions
+        # a differentiable gather: each prompt's keys/values serve all of its completions
+        cache.batch_select_indices(completion_prompt)
         mask = torch.cat([attention_mask[completion_prompt], completion_mask], dim=1)
         out = self.trunk(
             input_ids=completion_ids,
