@@ -164,10 +164,9 @@ class Batches:
                 ids, mask = batch["input_ids"], batch["attention_mask"]
                 labels = batch.get("labels")
                 loss = int((labels != -100).sum()) if labels is not None else None
-                if "completion_ids" in batch:  # distinct prompts and summaries once: count, as if scored
-                    rows = torch.cat(
-                        [batch["chosen"], batch["rejected"]]
-                    )  # in full, the 2B sequences' tokens
+                if "completion_ids" in batch:  # distinct prompts and summaries run once; count the 2B
+                    # sequences of the comparisons' real tokens as if each were scored in full
+                    rows = torch.cat([batch["chosen"], batch["rejected"]])
                     full = batch["completion_mask"].sum(1) + mask.sum(1)[batch["completion_prompt"]]
                     padded = int(ids.numel() + batch["completion_ids"].numel())
                     self.rows.append((len(rows), int(full[rows].sum()), padded, loss))

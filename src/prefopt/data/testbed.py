@@ -338,7 +338,7 @@ def load_comparisons(
 ) -> list[Comparison]:
     """The first `n` noisy-labelled comparisons of `split` (default: as many as the split has posts),
     post by post, `per_post` summaries each (`post_comparisons`); meta: gold and quality of each side."""
-    n = DEFAULT_SIZES["valid" if split == "validation" else split] if n is None else n
+    n = len(_indices(split, n))
     pairs = per_post * (per_post - 1) // 2
     out = []
     for i in _indices(split, -(-n // pairs)):

@@ -72,9 +72,8 @@ class ScalarHeadModel(nn.Module):
     ) -> torch.Tensor:
         """input_ids, attention_mask [B, T] -> per-token values [B, T] (fp32, bias NOT subtracted).
 
-        With `completion_ids` [N, S] (right-padded; row j continues prompt `completion_prompt[j]`,
-        default: k = N / B consecutive rows per prompt), the left-padded prompts `input_ids` are run
-        ONCE and every completion continues from its prompt's KV cache: returns values over the
+        With `completion_ids` [N, S] (right-padded; row j continues prompt `completion_prompt[j]`, as
+        `batching.collate_grouped` builds them), the left-padded prompts `input_ids` are run ONCE and every completion continues from its prompt's KV cache: returns values over the
         completion positions [N, S]. Gradients flow through the shared cache, so this equals scoring
         each prompt + completion in full, at a fraction of the cost when prompts are long (TL;DR: ~200
         prompt tokens, ~25 summary tokens) and when one prompt has several completions."""
@@ -88,9 +87,8 @@ class ScalarHeadModel(nn.Module):
             return self.head(out.last_hidden_state.to(self.head.weight.dtype)).squeeze(-1)
         from prefopt.generate import cache_kwarg, cache_of
 
-        if completion_prompt is None:
-            k = completion_ids.shape[0] // input_ids.shape[0]
-            completion_prompt = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(k)
+        if completion_mask is None or completion_prompt is None:
+            raise ValueError("completion_ids need completion_mask and completion_prompt (collate_grouped)")
         cache = cache_of(out)
         # a differentiable gather: each prompt's keys/values serve all of its completions
         cache.batch_select_indices(completion_prompt)

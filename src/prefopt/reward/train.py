@@ -255,25 +255,33 @@ def tokenize_summaries(
     return out
 
 
+def over_ranks(n: int, micro: int, acc, score_chunk) -> list:
+    """`score_chunk(range)` -> one result per index, over indices 0..n-1 in chunks of `micro`; with
+    `acc`, the chunks are dealt to the ranks in turn and every rank gets all results, in index order."""
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    out: list[tuple[int, object]] = []
+    for start in range(rank * micro, n, world * micro):
+        idx = range(start, min(start + micro, n))
+        out += zip(idx, score_chunk(idx), strict=True)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        out = gather_object(out)
+    return [r for _, r in sorted(out, key=lambda t: t[0])]
+
+
 @torch.no_grad()
 def score_sequences(
     model, seqs: Sequence[TokenizedPair], pad_id: int, micro: int, acc=None, multiple: int = 1
 ) -> list[float]:
     """Normalised rewards (bias subtracted) of `seqs`, in order. With `acc`, ranks share the work."""
-    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     device = next(model.parameters()).device
-    local = list(range(rank, len(seqs), world))
-    out: list[tuple[int, float]] = []
-    for i in range(0, len(local), micro):
-        idx = local[i : i + micro]
-        batch = collate_sft([seqs[j] for j in idx], pad_id, multiple)
-        scores = model.score(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        out += zip(idx, scores.float().cpu().tolist(), strict=True)
-    if world > 1:
-        from accelerate.utils import gather_object
 
-        out = gather_object(out)
-    return [s for _, s in sorted(out)]
+    def score(idx: range) -> list[float]:
+        batch = collate_sft([seqs[j] for j in idx], pad_id, multiple)
+        return model.score(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().tolist()
+
+    return over_ranks(len(seqs), micro, acc, score)
 
 
 @torch.no_grad()
@@ -282,21 +290,15 @@ def score_pairs(
 ) -> tuple[list[float], list[float]]:
     """Normalised rewards of the chosen and of the rejected summaries of tokenised comparisons, in
     order. Consecutive comparisons of one post share its prompt's encoding (`collate_grouped`)."""
-    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
-    device = next(model.parameters()).device
-    out: list[tuple[int, float, float]] = []
-    for start in range(rank * micro, len(pairs), world * micro):
-        idx = range(start, min(start + micro, len(pairs)))
+    device, bias = next(model.parameters()).device, float(model.bias)
+
+    def score(idx: range) -> list[tuple[float, float]]:
         batch = collate_grouped([pairs[j] for j in idx], pad_id, multiple)
         r_c, r_r = pair_rewards(model, {k: v.to(device) for k, v in batch.items()})
-        bias = float(model.bias)
-        out += zip(idx, (r_c - bias).cpu().tolist(), (r_r - bias).cpu().tolist(), strict=True)
-    if world > 1:
-        from accelerate.utils import gather_object
+        return list(zip((r_c - bias).tolist(), (r_r - bias).tolist(), strict=True))
 
-        out = gather_object(out)
-    out.sort()
-    return [c for _, c, _ in out], [r for _, _, r in out]
+    scored = over_ranks(len(pairs), micro, acc, score)
+    return [c for c, _ in scored], [r for _, r in scored]
 
 
 def fact_check_scores(
@@ -385,10 +387,10 @@ def _data_kw(cfg: Config, kind: str, limit: int | None) -> dict:
     """Loader arguments; `data.layout` applies only to the kind it names, fill_missing to comparisons."""
     layout = cfg.data.layout if cfg.data.layout in tldr.LAYOUTS[kind] else None
     kw = {"layout": layout, "on_bad_row": cfg.data.on_bad_row, "limit": limit, "seed": cfg.seed}
-    if kind == "comparison" and cfg.reward.fill_missing:
-        kw["fill_missing"] = dict(cfg.reward.fill_missing)
     if kind == "comparison":
         kw["summaries_per_post"] = cfg.data.testbed_summaries_per_post
+        if cfg.reward.fill_missing:
+            kw["fill_missing"] = dict(cfg.reward.fill_missing)
     return kw
 
 
